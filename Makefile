@@ -1,0 +1,163 @@
+# altgrad — two commands on a fresh Debian 12 machine (as root):
+#   make run     install what is missing, build, start altgradd on 127.0.0.1:8080
+#   make test    install what is missing, build, run every test
+#
+# Layout of the build (all under $(BUILD), ignored by git):
+#   libagcore.a   core/    the mathematics (CBLAS)
+#   libagproto.a  proto/   wire format (jansson)
+#   libaltgrad.a  client/  client library (libcurl)
+#   altgradd      server/  the service (libuv + libmicrohttpd)
+#   altgrad       client/cli/  the command-line tool
+#   tests/test_*  tests/unit/test_*.c, one Check program each
+
+BUILD    ?= build
+ARCH     ?= -march=native
+SANITIZE ?=
+
+PKGS := gcc make pkg-config libc6-dev libopenblas-dev libjansson-dev libmicrohttpd-dev \
+        libuv1-dev check libcurl4-openssl-dev curl openssl python3 python3-torch \
+        python3-numpy gnuplot-nox haproxy wrk clang valgrind
+
+LIBS_PC := openblas jansson libmicrohttpd libuv libcurl
+PC_CFLAGS = $(shell pkg-config --cflags $(LIBS_PC) check 2>/dev/null)
+PC_LIBS   = $(shell pkg-config --libs $(LIBS_PC) 2>/dev/null)
+CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
+
+OPT := -O2
+ifeq ($(SANITIZE),1)
+  OPT := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+endif
+
+CFLAGS  := -std=c11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -pthread $(ARCH) $(PC_CFLAGS)
+# The numeric kernels of core/ are loops over floats that GCC only vectorises fully at -O3.
+CORE_CFLAGS := $(CFLAGS) $(if $(SANITIZE),,-O3) -fno-math-errno
+LDFLAGS := -pthread $(if $(SANITIZE),-fsanitize=address$(comma)undefined)
+LDLIBS  := $(PC_LIBS) -lm
+comma := ,
+
+CORE_SRC   := $(wildcard core/*.c)
+PROTO_SRC  := $(wildcard proto/*.c)
+SERVER_SRC := $(wildcard server/*.c)
+CLIENT_SRC := $(wildcard client/*.c)
+CLI_SRC    := $(wildcard client/cli/*.c)
+TEST_SRC   := $(wildcard tests/unit/test_*.c)
+TESTLIB_SRC:= $(wildcard tests/unit/lib/*.c)
+BENCH_SRC  := $(wildcard tests/bench/*.c)
+EXAMPLE_SRC:= $(wildcard client/examples/*.c)
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+
+CORE_LIB   := $(BUILD)/libagcore.a
+PROTO_LIB  := $(BUILD)/libagproto.a
+CLIENT_LIB := $(BUILD)/libaltgrad.a
+SERVER_BIN := $(BUILD)/altgradd
+CLI_BIN    := $(BUILD)/altgrad
+TEST_BINS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+BENCH_BINS := $(patsubst tests/bench/%.c,$(BUILD)/bench-bin/%,$(BENCH_SRC))
+EXAMPLE_BINS := $(patsubst client/examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
+
+ALL_LIBS := $(CLIENT_LIB) $(PROTO_LIB) $(CORE_LIB)
+BINS := $(if $(SERVER_SRC),$(SERVER_BIN)) $(if $(CLI_SRC),$(CLI_BIN)) $(EXAMPLE_BINS)
+
+.PHONY: all deps test test-run asan-test bench run clean fixtures help
+.DEFAULT_GOAL := all
+
+all: $(CORE_LIB) $(PROTO_LIB) $(if $(CLIENT_SRC),$(CLIENT_LIB)) $(BINS) $(TEST_BINS) $(BENCH_BINS)
+
+help:
+	@echo "make run | test | asan-test | bench | deps | clean | fixtures"
+
+# Installs every missing Debian package; does nothing when all are present.
+deps:
+	@missing=""; for p in $(PKGS); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(BUILD)/obj/core/%.o: core/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CORE_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(CORE_LIB): $(call obj,$(CORE_SRC))
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+$(PROTO_LIB): $(call obj,$(PROTO_SRC))
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+$(CLIENT_LIB): $(call obj,$(CLIENT_SRC))
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+$(SERVER_BIN): $(call obj,$(SERVER_SRC)) $(PROTO_LIB) $(CORE_LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(CLI_BIN): $(call obj,$(CLI_SRC)) $(CLIENT_LIB) $(PROTO_LIB) $(CORE_LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/examples/%: $(BUILD)/obj/client/examples/%.o $(CLIENT_LIB) $(PROTO_LIB) $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(call obj,$(TESTLIB_SRC)) $(if $(CLIENT_SRC),$(CLIENT_LIB)) $(PROTO_LIB) $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CHECK_LIBS)
+
+$(BUILD)/bench-bin/%: $(BUILD)/obj/tests/bench/%.o $(if $(CLIENT_SRC),$(CLIENT_LIB)) $(PROTO_LIB) $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# One BLAS thread per caller: the core parallelises itself (see README, "Threads").
+TEST_ENV := OPENBLAS_NUM_THREADS=1 CK_DEFAULT_TIMEOUT=600 ALTGRAD_BUILD=$(BUILD) \
+            ALTGRAD_SERVER=$(abspath $(SERVER_BIN)) ALTGRAD_CLI=$(abspath $(CLI_BIN))
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory test-run
+
+test-run:
+	@fail=0; pass=0; for t in $(TEST_BINS); do \
+	  echo "== $$t"; \
+	  if env $(TEST_ENV) $$t; then pass=$$((pass+1)); else fail=$$((fail+1)); echo "FAILED: $$t"; fi; \
+	done; \
+	for s in tests/scripts/test_*.sh; do [ -e "$$s" ] || continue; \
+	  echo "== $$s"; \
+	  if env $(TEST_ENV) bash $$s; then pass=$$((pass+1)); else fail=$$((fail+1)); echo "FAILED: $$s"; fi; \
+	done; \
+	echo "test programs: $$pass passed, $$fail failed"; [ $$fail -eq 0 ]
+
+asan-test: deps
+	@$(MAKE) --no-print-directory BUILD=build/asan SANITIZE=1 all
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(MAKE) --no-print-directory BUILD=build/asan SANITIZE=1 test-run
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@mkdir -p $(BUILD)/bench
+	@for s in tests/bench/bench_*.sh; do [ -e "$$s" ] || continue; \
+	  echo "== $$s"; env $(TEST_ENV) BENCH_OUT=$(BUILD)/bench bash $$s || exit 1; done
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@echo "altgradd on http://127.0.0.1:8080 — try, from another shell:"
+	@echo "  curl -s -H 'Content-Type: application/json' --data @docs/example-request.json http://127.0.0.1:8080/v1/gradients"
+	OPENBLAS_NUM_THREADS=1 exec $(SERVER_BIN)
+
+# Regenerates the PyTorch fixtures (Debian's python3-torch).
+fixtures: deps
+	/usr/bin/python3 tests/oracle/make_fixtures.py tests/oracle/fixtures
+
+clean:
+	rm -rf $(BUILD) build
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,69 @@
+/* Single-head attention kernels, exact and approximate, for one sequence.
+ *
+ * Every kernel works on strided views: q, k, v, o, dq, dk, dv point at the first element of
+ * this head's column group inside [n, ld] row-major buffers (ld = d_model), so heads are read
+ * in place. scale c = 1/sqrt(d_head). No kernel allocates an n x n matrix.
+ *
+ * Backward kernels accumulate (+=) into dq, dk, dv.
+ */
+#ifndef ALTGRAD_ATTENTION_H
+#define ALTGRAD_ATTENTION_H
+
+#include "altgrad.h"
+
+typedef struct {
+    size_t n;      /* sequence length, >= 1 */
+    size_t d_head; /* head width, >= 1 */
+    size_t ld;     /* row stride of every view, >= d_head */
+    int causal;
+    float scale;   /* c */
+    const atomic_int *cancel; /* may be NULL */
+} ag_attn_shape;
+
+/* ---- exact (core/attention_exact.c) ---------------------------------------------------- */
+
+/* o = softmax(c q k^T [+mask]) v. lse [n]: each row's log-sum-exp of the scaled scores, kept
+ * for the backward. AG_ERR_NOMEM / AG_ERR_CANCELLED on failure. */
+ag_status ag_attn_exact_forward(const ag_attn_shape *s, const float *q, const float *k,
+                                const float *v, float *o, float *lse, ag_error *err);
+
+/* Given dout [n, ld-view], accumulates dq, dk, dv, recomputing P block by block from lse. */
+ag_status ag_attn_exact_backward(const ag_attn_shape *s, const float *q, const float *k,
+                                 const float *v, const float *o, const float *lse,
+                                 const float *dout, float *dq, float *dk, float *dv,
+                                 ag_error *err);
+
+/* ---- approximate (core/attention_approx.c, core/poly.c, core/features.c) --------------- */
+
+/* How one head is computed; chosen once per (layer, head) before its forward pass. */
+typedef struct {
+    ag_head_report report;            /* method, degree, rank, bound, error_bound, reason */
+    double coef[AG_MAX_DEGREE + 1];   /* p(x) = sum_k coef[k] x^k approximating e^x on [-R, R] */
+} ag_head_plan;
+
+/* R = c * max_i |q_i| * max_j |k_j - mean(k)| for one sequence (O(n d_head)). */
+double ag_attn_score_bound(const ag_attn_shape *s, const float *q, const float *k);
+
+/* Picks exact or approx for a head of width d_head over n tokens whose score bound is R:
+ * method->kind exact -> exact; approx -> the degree meeting epsilon (or the fixed degree),
+ * AG_ERR_UNREACHABLE when epsilon cannot be met in float32 at this R, AG_ERR_LIMIT when the
+ * rank exceeds rank_ceiling; auto -> the cheaper by cost, exact whenever approx cannot meet
+ * epsilon. */
+ag_status ag_head_plan_choose(const ag_method *method, size_t d_head, size_t n, int causal,
+                              double R, const ag_cost_model *cost, size_t rank_ceiling,
+                              ag_head_plan *plan, ag_error *err);
+
+/* Approximate forward under plan (report.method == AG_METHOD_APPROX). row_stat [n]: the
+ * denominators, kept for the backward. */
+ag_status ag_attn_approx_forward(const ag_attn_shape *s, const ag_head_plan *plan,
+                                 const float *q, const float *k, const float *v, float *o,
+                                 float *row_stat, ag_error *err);
+
+/* Gradient of the approximate forward (route features) or the paper's Algorithm 1 (route
+ * paper); accumulates into dq, dk, dv. */
+ag_status ag_attn_approx_backward(const ag_attn_shape *s, const ag_head_plan *plan,
+                                  const float *q, const float *k, const float *v,
+                                  const float *o, const float *row_stat, const float *dout,
+                                  float *dq, float *dk, float *dv, ag_error *err);
+
+#endif

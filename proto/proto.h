@@ -1,0 +1,146 @@
+/* proto: the wire format of docs/api.md <-> core structs. No sockets, no threads.
+ *
+ * Server side: ag_request_decode() validates a request body into an ag_request;
+ * ag_response_encode() renders a core result. Client side: ag_request_encode() renders an
+ * ag_request; ag_response_decode() parses a response body. Errors carry an API error code,
+ * the HTTP status that fits, a message and the field path ("layers[1].w1").
+ */
+#ifndef ALTGRAD_PROTO_H
+#define ALTGRAD_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../core/altgrad.h"
+
+/* ---- errors ---------------------------------------------------------------------------- */
+
+typedef struct {
+    int http_status;   /* 400, 413, 500, ... */
+    char code[40];     /* "invalid_json", "invalid_shape", "unknown_field", ... */
+    char field[128];   /* "layers[0].wq", "" when the whole body is at fault */
+    char message[320];
+} ag_proto_error;
+
+/* Fills err and returns -1. */
+int ag_proto_fail(ag_proto_error *err, int http_status, const char *code, const char *field,
+                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* {"error": {"code", "message", "field"}} as a malloc'd NUL-terminated string (*len set);
+ * NULL on allocation failure. */
+char *ag_error_encode(const ag_proto_error *err, size_t *len);
+
+/* Maps a core error to a proto error (UNREACHABLE/LIMIT/INVALID -> 400, CANCELLED -> 499-ish
+ * "cancelled" with 503, NOMEM -> 500). */
+void ag_proto_from_core(const ag_error *core, ag_proto_error *err);
+
+/* ---- limits ---------------------------------------------------------------------------- */
+
+typedef struct {
+    size_t max_elements;       /* total float elements across all request tensors */
+    size_t max_tensor_elements;/* per tensor */
+    int max_layers;
+    int max_d_model;
+    int max_d_ff;
+    size_t max_tokens;         /* batch * n */
+} ag_proto_limits;
+
+/* Defaults: 64M elements in all, 16M per tensor, 64 layers, d_model 4096, d_ff 16384,
+ * 1M tokens. */
+ag_proto_limits ag_proto_limits_default(void);
+
+/* ---- requests -------------------------------------------------------------------------- */
+
+enum {
+    AG_RETURN_LOSS = 1u << 0,
+    AG_RETURN_GRAD_INPUT = 1u << 1,
+    AG_RETURN_GRAD_WEIGHTS = 1u << 2,
+    AG_RETURN_OUTPUT = 1u << 3,
+    AG_RETURN_DEFAULT = AG_RETURN_LOSS | AG_RETURN_GRAD_INPUT | AG_RETURN_GRAD_WEIGHTS
+};
+
+typedef enum { AG_ENCODING_JSON = 0, AG_ENCODING_B64 } ag_encoding;
+
+typedef struct {
+    ag_model_config cfg;
+    ag_layer_params *layers; /* [cfg.n_layers]; each allocated with ag_layer_params_alloc */
+    size_t batch, n;         /* input is [batch, n, d_model]; batch = 1 for a 2-d input */
+    int input_batched;       /* the input had 3 dimensions (responses mirror it) */
+    float *input;            /* owned */
+    ag_loss loss;            /* loss.tensor points at loss_tensor */
+    float *loss_tensor;      /* owned; NULL for "sum" */
+    ag_method method;        /* default auto, epsilon 1e-3 */
+    unsigned return_mask;    /* AG_RETURN_* */
+    ag_encoding encoding;
+    int verify;
+} ag_request;
+
+/* Parses and validates body[0..len) (duplicate keys, unknown fields, every shape, NaN/Inf,
+ * limits checked before each allocation). On success fills req (free with ag_request_free)
+ * and returns 0; on failure returns -1, fills err, and leaves req empty. */
+int ag_request_decode(const char *body, size_t len, const ag_proto_limits *limits,
+                      ag_request *req, ag_proto_error *err);
+
+/* Frees what a request owns; NULL-safe; leaves req zeroed. */
+void ag_request_free(ag_request *req);
+
+/* Client side: renders req as a request body (tensors as base64 when req->encoding is B64,
+ * else JSON numbers; the response encoding asked for is the same). malloc'd, *len set; NULL
+ * on allocation failure. */
+char *ag_request_encode(const ag_request *req, size_t *len);
+
+/* ---- responses ------------------------------------------------------------------------- */
+
+typedef struct {
+    double decode_ms, compute_ms, encode_ms;
+} ag_timing;
+
+/* Measured relative errors of the approximate gradients against exact ("verify"). */
+typedef struct {
+    double grad_input;
+    double *layers; /* [n_layers * AG_P_COUNT], NaN where the parameter is absent */
+} ag_verification;
+
+/* Renders the response body for req and its result res (verification may be NULL).
+ * malloc'd, *len set; NULL on allocation failure. Tensors are written straight into the
+ * output buffer (%.9g or base64), never through a json_t per number. */
+char *ag_response_encode(const ag_request *req, const ag_result *res,
+                         const ag_verification *verification, const ag_timing *timing,
+                         size_t *len);
+
+/* A decoded response (client side). Everything is owned; free with ag_response_free. */
+typedef struct {
+    int has_loss;
+    double loss;
+    size_t batch, n, d_model;
+    int batched;
+    float *output;        /* NULL unless returned */
+    float *grad_input;    /* NULL unless returned */
+    ag_model_config cfg;  /* n_layers and the parameter set, as echoed by grad_weights */
+    int n_layers;
+    ag_layer_params *grad_layers; /* [n_layers] or NULL */
+    int n_heads;
+    ag_head_report *heads;        /* [n_layers * n_heads] or NULL */
+    char method_name[16];
+    int has_verification;
+    ag_verification verification;
+    ag_timing timing;
+} ag_response;
+
+/* Parses a response body for a request made with cfg (shapes are checked against it).
+ * 0 on success; -1 with err filled. */
+int ag_response_decode(const char *body, size_t len, const ag_model_config *cfg,
+                       ag_response *resp, ag_proto_error *err);
+void ag_response_free(ag_response *resp);
+
+/* ---- base64 (RFC 4648, with padding) --------------------------------------------------- */
+
+/* Bytes needed to encode n bytes (without NUL). */
+size_t ag_b64_encoded_len(size_t n);
+/* Writes ag_b64_encoded_len(n) characters to out (no NUL). */
+void ag_b64_encode(const uint8_t *in, size_t n, char *out);
+/* Decodes len characters into out (capacity cap). Returns the byte count, or (size_t)-1 on
+ * invalid input (bad character, bad padding, length not a multiple of 4, over cap). */
+size_t ag_b64_decode(const char *in, size_t len, uint8_t *out, size_t cap);
+
+#endif
