@@ -31,9 +31,9 @@ endif
 CFLAGS  := -std=c11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -pthread $(ARCH) $(PC_CFLAGS)
 # The numeric kernels of core/ are loops over floats that GCC only vectorises fully at -O3.
 CORE_CFLAGS := $(CFLAGS) $(if $(SANITIZE),,-O3) -fno-math-errno
+comma := ,
 LDFLAGS := -pthread $(if $(SANITIZE),-fsanitize=address$(comma)undefined)
 LDLIBS  := $(PC_LIBS) -lm
-comma := ,
 
 CORE_SRC   := $(wildcard core/*.c)
 PROTO_SRC  := $(wildcard proto/*.c)
@@ -60,6 +60,7 @@ ALL_LIBS := $(CLIENT_LIB) $(PROTO_LIB) $(CORE_LIB)
 BINS := $(if $(SERVER_SRC),$(SERVER_BIN)) $(if $(CLI_SRC),$(CLI_BIN)) $(EXAMPLE_BINS)
 
 .PHONY: all deps test test-run asan-test bench run clean fixtures help
+.PHONY: docker docker-test cluster-test
 .DEFAULT_GOAL := all
 
 all: $(CORE_LIB) $(PROTO_LIB) $(if $(CLIENT_SRC),$(CLIENT_LIB)) $(BINS) $(TEST_BINS) $(BENCH_BINS)
@@ -89,14 +90,17 @@ $(BUILD)/obj/%.o: %.c
 
 $(CORE_LIB): $(call obj,$(CORE_SRC))
 	@mkdir -p $(dir $@)
+	@rm -f $@
 	$(AR) rcs $@ $^
 
 $(PROTO_LIB): $(call obj,$(PROTO_SRC))
 	@mkdir -p $(dir $@)
+	@rm -f $@
 	$(AR) rcs $@ $^
 
 $(CLIENT_LIB): $(call obj,$(CLIENT_SRC))
 	@mkdir -p $(dir $@)
+	@rm -f $@
 	$(AR) rcs $@ $^
 
 $(SERVER_BIN): $(call obj,$(SERVER_SRC)) $(PROTO_LIB) $(CORE_LIB)
@@ -152,6 +156,23 @@ run: deps
 	@echo "altgradd on http://127.0.0.1:8080 — try, from another shell:"
 	@echo "  curl -s -H 'Content-Type: application/json' --data @docs/example-request.json http://127.0.0.1:8080/v1/gradients"
 	OPENBLAS_NUM_THREADS=1 exec $(SERVER_BIN)
+
+# Deployment (deploy/, docs/deploy.md). `make docker` builds the image with the local Docker
+# daemon. docker-test builds and runs it (starting a private daemon when it can, else it says
+# SKIPPED) and validates compose, HAProxy and Kubernetes files. cluster-test runs 3 replicas
+# behind haproxy on loopback under load, kills one, then runs docker-test.
+IMAGE ?= altgrad:latest
+docker:
+	docker build -f deploy/Dockerfile -t $(IMAGE) .
+
+docker-test:
+	@$(MAKE) --no-print-directory $(SERVER_BIN)
+	@env $(TEST_ENV) bash tests/scripts/docker_test.sh
+
+cluster-test: deps
+	@$(MAKE) --no-print-directory $(SERVER_BIN) $(BUILD)/bench-bin/cluster_load
+	@env $(TEST_ENV) bash tests/scripts/cluster_test.sh
+	@env $(TEST_ENV) bash tests/scripts/docker_test.sh
 
 # Regenerates the PyTorch fixtures (Debian's python3-torch).
 fixtures: deps

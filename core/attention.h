@@ -33,7 +33,21 @@ ag_status ag_attn_exact_backward(const ag_attn_shape *s, const float *q, const f
                                  const float *dout, float *dq, float *dk, float *dv,
                                  ag_error *err);
 
-/* ---- approximate (core/attention_approx.c, core/poly.c, core/features.c) --------------- */
+/* The same for query rows [r0, r1) only (0 <= r0 < r1 <= n), so that one head can be split
+ * over threads. The forward writes o and lse rows r0..r1-1. The backward reads those rows of
+ * o, lse, dout, accumulates dq rows r0..r1-1 (view), and accumulates the contribution of these
+ * queries to dk and dv into dk_part, dv_part: CONTIGUOUS [n, d_head] arrays owned by the
+ * caller (one pair per concurrent call; sum them into the dk, dv views afterwards). */
+ag_status ag_attn_exact_forward_rows(const ag_attn_shape *s, size_t r0, size_t r1,
+                                     const float *q, const float *k, const float *v, float *o,
+                                     float *lse, ag_error *err);
+ag_status ag_attn_exact_backward_rows(const ag_attn_shape *s, size_t r0, size_t r1,
+                                      const float *q, const float *k, const float *v,
+                                      const float *o, const float *lse, const float *dout,
+                                      float *dq, float *dk_part, float *dv_part,
+                                      ag_error *err);
+
+/* ---- approximate (core/attention_approx.c, core/poly.c, core/feature_map.c) --------------- */
 
 /* How one head is computed; chosen once per (layer, head) before its forward pass. */
 typedef struct {
@@ -65,5 +79,10 @@ ag_status ag_attn_approx_backward(const ag_attn_shape *s, const ag_head_plan *pl
                                   const float *q, const float *k, const float *v,
                                   const float *o, const float *row_stat, const float *dout,
                                   float *dq, float *dk, float *dv, ag_error *err);
+
+/* Upper bound of the bytes one approximate forward or backward call allocates for a head of
+ * width d_head at this rank (independent of n: features are made per block of rows).
+ * SIZE_MAX on overflow or bad arguments. */
+size_t ag_attn_approx_workspace_bytes(size_t d_head, size_t rank, int causal);
 
 #endif

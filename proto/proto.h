@@ -77,7 +77,8 @@ typedef struct {
 
 /* Parses and validates body[0..len) (duplicate keys, unknown fields, every shape, NaN/Inf,
  * limits checked before each allocation). On success fills req (free with ag_request_free)
- * and returns 0; on failure returns -1, fills err, and leaves req empty. */
+ * and returns 0; on failure returns -1, fills err, and leaves req empty. limits NULL (or a
+ * zero field) means the default. Codes and statuses: docs/api.md, "Errors". */
 int ag_request_decode(const char *body, size_t len, const ag_proto_limits *limits,
                       ag_request *req, ag_proto_error *err);
 
@@ -86,7 +87,8 @@ void ag_request_free(ag_request *req);
 
 /* Client side: renders req as a request body (tensors as base64 when req->encoding is B64,
  * else JSON numbers; the response encoding asked for is the same). malloc'd, *len set; NULL
- * on allocation failure. */
+ * on allocation failure or when req lacks a tensor its config needs (loss.tensor, else
+ * loss_tensor, is the mse target / grad_output gradient). Values are not validated. */
 char *ag_request_encode(const ag_request *req, size_t *len);
 
 /* ---- responses ------------------------------------------------------------------------- */
@@ -103,7 +105,9 @@ typedef struct {
 
 /* Renders the response body for req and its result res (verification may be NULL).
  * malloc'd, *len set; NULL on allocation failure. Tensors are written straight into the
- * output buffer (%.9g or base64), never through a json_t per number. */
+ * output buffer (%.9g or base64), never through a json_t per number. A non-finite number is
+ * written as null (JSON stays valid; ag_response_decode refuses it). "timing_ms" comes last,
+ * ending in "encode":<ms>}}. */
 char *ag_response_encode(const ag_request *req, const ag_result *res,
                          const ag_verification *verification, const ag_timing *timing,
                          size_t *len);
@@ -127,10 +131,13 @@ typedef struct {
     ag_timing timing;
 } ag_response;
 
-/* Parses a response body for a request made with cfg (shapes are checked against it).
- * 0 on success; -1 with err filled. */
+/* Parses a response body for a request made with cfg (shapes are checked against it;
+ * fields it does not know are ignored). 0 on success; -1 with err filled: an error body
+ * {"error": {...}} gives its code, message and field with http_status 0 (the caller has the
+ * HTTP status); a malformed body gives 502 "invalid_response" naming the field. */
 int ag_response_decode(const char *body, size_t len, const ag_model_config *cfg,
                        ag_response *resp, ag_proto_error *err);
+/* Frees what a response owns; NULL-safe; leaves resp zeroed. */
 void ag_response_free(ag_response *resp);
 
 /* ---- base64 (RFC 4648, with padding) --------------------------------------------------- */

@@ -1,0 +1,51 @@
+/* Internals shared by the approximate attention kernels (core/attention_approx.c, the
+ * features route, and core/attention_paper.c, the paper's route) and the cost model
+ * (core/cost.c). Not part of the public API.
+ */
+#ifndef ALTGRAD_APPROX_INTERNAL_H
+#define ALTGRAD_APPROX_INTERNAL_H
+
+#include "attention.h"
+#include "feature_map.h"
+
+/* One head of one sequence, prepared for the low-rank kernels: the key mean, the balanced
+ * scalings (q^ = qscale q, k^ = kscale (k - mu), q^ . k^ = c q . (k - mu), and
+ * max |q^| = max |k^| = sqrt(R) so no monomial overflows however q and k are scaled), the
+ * feature map of the plan's polynomial, and the block size. */
+typedef struct {
+    const ag_attn_shape *s;
+    size_t n, d, ld, r;
+    size_t B;         /* rows per feature block (and per causal chunk) */
+    double *mu;       /* [d] key mean, double */
+    float qscale, kscale;
+    ag_feature_map map;
+} ag_approx_head;
+
+/* Validates shape and plan (approx method, degree, rank, and that this sequence's score bound
+ * does not exceed plan->report.bound), then prepares h. Frees everything on failure. */
+ag_status ag_approx_head_init(ag_approx_head *h, const ag_attn_shape *s, const ag_head_plan *plan,
+                              const float *q, const float *k, ag_error *err);
+/* Frees what init allocated; NULL-safe. */
+void ag_approx_head_free(ag_approx_head *h);
+
+/* xt [d, ldx] <- transposed scaled rows i0..i0+m-1 of q (is_key 0) or of k - mu (is_key 1). */
+void ag_approx_load_t(const ag_approx_head *h, const float *x, int is_key, size_t i0, size_t m,
+                      float *xt, size_t ldx);
+
+/* Rows per feature block for rank r: about 1 MB of features, 16..256 rows. */
+size_t ag_approx_block_rows(size_t r, int causal);
+
+/* Route paper (AG_ROUTE_PAPER): the paper's Algorithm 1, same contract as
+ * ag_attn_approx_backward. core/attention_paper.c. */
+ag_status ag_attn_approx_backward_paper(const ag_attn_shape *s, const ag_head_plan *plan,
+                                        const float *q, const float *k, const float *v,
+                                        const float *o, const float *row_stat,
+                                        const float *dout, float *dq, float *dk, float *dv,
+                                        ag_error *err);
+
+/* Flop counts of the cost model, per head and sequence, forward + backward: exact blocked
+ * attention (the causal one skips the blocks above the diagonal) and the features route. */
+double ag_cost_exact_flops(size_t n, size_t d_head, int causal);
+double ag_cost_approx_flops(size_t n, size_t d_head, size_t rank, int causal);
+
+#endif

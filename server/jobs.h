@@ -1,0 +1,107 @@
+/* Jobs: one per compute request, sync or async. The loop thread owns the table and every
+ * field not marked atomic; a worker touches only the atomics and the fields it fills before
+ * its after-callback runs (libuv orders the two).
+ *
+ * Lifetime: created by a route; freed by the loop thread when no worker holds it
+ * (!in_flight) and, for an async job, once purged from the table (TTL, or shutdown); a sync
+ * job is freed as soon as its response has been handed to its connection. */
+#ifndef ALTGRAD_SERVER_JOBS_H
+#define ALTGRAD_SERVER_JOBS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "../proto/proto.h"
+
+typedef enum { JOB_QUEUED = 0, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_CANCELLED } job_state;
+
+/* Why the cancel flag was raised. */
+typedef enum { CANCEL_NONE = 0, CANCEL_USER, CANCEL_TIMEOUT, CANCEL_SHUTDOWN } cancel_reason;
+
+/* A response body shared by a stored job and the responses serving it (refcounted on the
+ * loop thread: MHD frees responses there too). */
+typedef struct {
+    int refs;
+    size_t len;
+    char *data; /* malloc'd */
+} srv_blob;
+
+/* Takes ownership of data (malloc'd); NULL on allocation failure (data is then freed). */
+srv_blob *srv_blob_new(char *data, size_t len);
+/* Takes one more reference. */
+void srv_blob_ref(srv_blob *b);
+/* Drops one reference, freeing the blob and its data at zero; NULL-safe. */
+void srv_blob_unref(srv_blob *b);
+
+struct http_req;
+
+#define JOB_ID_MAX 72 /* node id (31) + '-' + 32 hex + NUL, rounded up */
+
+typedef struct job {
+    char id[JOB_ID_MAX];     /* "" for sync jobs */
+    int async;
+    int owner;               /* token index of the creator, -1 without auth */
+    _Atomic int state;       /* job_state */
+    atomic_int cancel;       /* the core's cancel flag */
+    _Atomic int cancel_why;  /* cancel_reason */
+    atomic_uint progress_ppm;/* progress in millionths, from the core's callback */
+    uv_work_t work;
+    void *srv;               /* struct server *, for the callbacks */
+    int in_flight;           /* submitted and its after-callback has not run yet */
+
+    /* Input, consumed (freed) by the worker. */
+    char *body;
+    size_t body_len;
+    size_t body_reserved;    /* bytes of the memory budget the body holds */
+
+    /* Output, filled by the worker. */
+    int http_status;         /* 200 or the error's status */
+    char *out;               /* response body (success or error JSON) */
+    size_t out_len;
+    ag_proto_error error;    /* when http_status != 200 */
+    int method_kind;         /* ag_method_kind of the request, -1 before decode */
+    size_t workspace_bytes;  /* reserved while running */
+    int threads;             /* cores the core was given (0 when it did not run) */
+    double decode_s, compute_s, encode_s;
+
+    /* Loop-thread bookkeeping. */
+    srv_blob *result;        /* stored body once finished (async) */
+    uint64_t t_created, t_started, t_finished; /* uv_hrtime() ns; t_started set by worker */
+    uint64_t deadline;       /* ns, 0 = none */
+    uint64_t expires;        /* ns, async: purge time once finished */
+    struct http_req *req;    /* sync: the suspended request waiting for this job */
+    struct job *all_prev, *all_next;   /* every live job */
+    struct job *hash_next;             /* async table chain */
+} job;
+
+typedef struct {
+    job **buckets;
+    size_t nbuckets;
+    size_t count;            /* async jobs in the table */
+    job *all;                /* every live job, sync and async */
+    size_t live;
+} job_table;
+
+/* An empty table with nbuckets id chains; -1 on allocation failure. */
+int job_table_init(job_table *t, size_t nbuckets);
+/* Frees every job still held (none may be in flight). */
+void job_table_free(job_table *t);
+
+/* A new job, linked into the all-jobs list (not into the id table). NULL on allocation
+ * failure. */
+job *job_new(job_table *t);
+/* Gives the job a fresh id (128 random bits from getrandom, hex; "NODE-" prefix when
+ * node_id is set) and inserts it into the id table. -1 when no randomness is available. */
+int job_register(job_table *t, job *j, const char *node_id);
+/* The async job with this id, or NULL. */
+job *job_find(const job_table *t, const char *id);
+/* Unlinks from both lists and frees (body, output, result ref). Must not be in flight. */
+void job_destroy(job_table *t, job *j);
+
+const char *job_state_name(job_state s);
+/* True for done, failed, cancelled. */
+int job_state_terminal(job_state s);
+
+#endif

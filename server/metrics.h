@@ -1,0 +1,70 @@
+/* Prometheus metrics (text format 0.0.4). Updated and rendered on the loop thread only, so
+ * no locks; gauges owned by other parts are read at render time. */
+#ifndef ALTGRAD_SERVER_METRICS_H
+#define ALTGRAD_SERVER_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The route label of every request (bounded cardinality: ids never become labels). */
+typedef enum {
+    ROUTE_GRADIENTS = 0, /* /v1/gradients */
+    ROUTE_JOBS,          /* /v1/jobs */
+    ROUTE_JOB,           /* /v1/jobs/{id} */
+    ROUTE_JOB_RESULT,    /* /v1/jobs/{id}/result */
+    ROUTE_INFO,          /* /v1/info */
+    ROUTE_LIVE,          /* /health/live */
+    ROUTE_READY,         /* /health/ready */
+    ROUTE_METRICS,       /* /metrics */
+    ROUTE_OTHER,         /* anything else (404) */
+    ROUTE_COUNT
+} srv_route;
+
+/* Label of a route ("/v1/jobs/{id}"). */
+const char *srv_route_label(srv_route r);
+
+#define HIST_BUCKETS 16
+typedef struct {
+    uint64_t counts[HIST_BUCKETS + 1]; /* last = +Inf */
+    double sum;
+    uint64_t count;
+} srv_histogram;
+
+enum { METHOD_LABELS = 3 };   /* exact, approx, auto */
+enum { JOB_OUTCOMES = 5 };    /* queued..cancelled: indexed by job_state */
+enum { STATUS_MAX = 600 };
+
+typedef struct {
+    uint64_t requests[ROUTE_COUNT][STATUS_MAX]; /* by route and HTTP status */
+    srv_histogram latency[ROUTE_COUNT];         /* first byte of headers -> response done */
+    srv_histogram queue_wait;                   /* accepted -> a worker starts the job */
+    srv_histogram compute[METHOD_LABELS];       /* decode + compute + encode on a worker */
+    double compute_seconds[METHOD_LABELS];
+    uint64_t jobs_finished[JOB_OUTCOMES];       /* terminal states, sync and async */
+    uint64_t bytes_in, bytes_out;
+    uint64_t rejected_queue_full, rejected_memory, rejected_too_large, rejected_draining;
+} srv_metrics;
+
+/* Gauges read at render time. */
+typedef struct {
+    size_t queue_depth, in_flight, running, connections, suspended;
+    size_t jobs_by_state[JOB_OUTCOMES];
+    size_t memory_used, memory_limit;
+    long free_cores;
+    int workers, cores, draining;
+    double uptime_s;
+    const char *version;
+} srv_gauges;
+
+/* Zeroes every counter. */
+void srv_metrics_init(srv_metrics *m);
+/* Counts one finished request (status 0: none was sent) and its latency and bytes. */
+void srv_metrics_request(srv_metrics *m, srv_route r, int status, double seconds,
+                         size_t bytes_in, size_t bytes_out);
+/* Adds one observation (seconds; negative or NaN counts as 0). */
+void srv_histogram_observe(srv_histogram *h, double seconds);
+
+/* Renders everything as Prometheus text; malloc'd, *len set; NULL on allocation failure. */
+char *srv_metrics_render(const srv_metrics *m, const srv_gauges *g, size_t *len);
+
+#endif

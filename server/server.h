@@ -1,0 +1,89 @@
+/* altgradd: the state of one server process and the calls between its files.
+ *
+ *   main.c     flags, process setup, signals          config.c  flags + env table, --help
+ *   http.c     libmicrohttpd <-> libuv glue, request lifecycle, responses, suspend/resume
+ *   routes.c   URL routing and the endpoint handlers  jobs.c    job table, ids, states
+ *   pool.c     worker dispatch, core and memory budgets
+ *   compute.c  decode -> core -> verify -> encode on a worker
+ *   auth.c     bearer tokens                          metrics.c Prometheus text
+ *   log.c      access and error logs                  tls.c     certificate files
+ *
+ * Threads: one loop thread runs libuv, libmicrohttpd and every handler; the libuv pool
+ * threads run compute_job only. Fields are loop-thread-only unless marked otherwise. */
+#ifndef ALTGRAD_SERVER_H
+#define ALTGRAD_SERVER_H
+
+#include <microhttpd.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "../core/altgrad.h"
+#include "../proto/proto.h"
+#include "auth.h"
+#include "config.h"
+#include "jobs.h"
+#include "metrics.h"
+#include "pool.h"
+
+#define ALTGRAD_VERSION "1.0.0"
+
+typedef struct server {
+    srv_config cfg;
+    uv_loop_t *loop;
+
+    /* libmicrohttpd, driven by the loop (http.c). */
+    struct MHD_Daemon *mhd;
+    uv_poll_t mhd_poll;
+    uv_timer_t mhd_timer;
+    int in_mhd_run;          /* guard: MHD_run is never re-entered */
+    int mhd_run_again;       /* a resume happened inside an MHD callback */
+    int handles_open;        /* uv handles not yet closed */
+    unsigned short port;
+    int tls;
+
+    /* Housekeeping: deadlines, TTL purge, drain progress (routes.c). */
+    uv_timer_t sweep_timer;
+    uv_signal_t sig_term, sig_int;
+    int draining;            /* SIGTERM/SIGINT seen: no new work */
+    int drain_cancelled;     /* the drain deadline passed and in-flight jobs were cancelled */
+    uint64_t drain_deadline; /* ns */
+    int stopped;             /* MHD stopped, handles closing */
+    int exit_code;
+
+    srv_auth auth;
+    srv_metrics metrics;
+    job_table jobs;
+    srv_pool pool;
+    ag_proto_limits limits;
+    ag_cost_model cost;      /* read-only after startup: shared by workers */
+
+    size_t in_flight;        /* jobs submitted whose after-callback has not run */
+    size_t active_requests;  /* requests between their first callback and completion */
+    size_t suspended;        /* connections suspended on a job */
+    uint64_t started_ns;
+    uint64_t request_seq;
+} server;
+
+/* http.c */
+/* Creates the daemon on cfg.listen and hooks it into srv->loop. tls_cert/key: PEM text or
+ * NULL. Returns 0, or -1 (logged). */
+int http_start(server *srv, const char *tls_cert_pem, const char *tls_key_pem);
+/* Runs MHD now, or right after the current MHD_run when called from inside one. */
+void http_pump(server *srv);
+/* Stops accepting new connections (keeps the ones open). */
+void http_quiesce(server *srv);
+/* Closes the uv handles on MHD, then stops MHD (no connection may be suspended). */
+void http_stop(server *srv);
+/* Open client connections. */
+size_t http_connections(server *srv);
+
+/* routes.c */
+/* Loop thread: a job's worker part is over (or it was cancelled before it started). */
+void srv_job_finished(server *srv, struct job *j);
+/* Starts the sweep timer and the signal watchers. */
+int srv_housekeeping_start(server *srv);
+/* SIGTERM/SIGINT: begin draining. */
+void srv_begin_drain(server *srv);
+
+#endif
