@@ -44,6 +44,7 @@ TEST_SRC   := $(wildcard tests/unit/test_*.c)
 TESTLIB_SRC:= $(wildcard tests/unit/lib/*.c)
 BENCH_SRC  := $(wildcard tests/bench/*.c)
 EXAMPLE_SRC:= $(wildcard client/examples/*.c)
+FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
@@ -55,18 +56,24 @@ CLI_BIN    := $(BUILD)/altgrad
 TEST_BINS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCH_BINS := $(patsubst tests/bench/%.c,$(BUILD)/bench-bin/%,$(BENCH_SRC))
 EXAMPLE_BINS := $(patsubst client/examples/%.c,$(BUILD)/examples/%,$(EXAMPLE_SRC))
+# The fuzz targets built with $(CC) and a replay main(): `make test` reruns their seeds and
+# past crashes (tests/fuzz/regress) without clang.
+FUZZ_REPLAY_BINS := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz-replay/%,$(FUZZ_SRC))
+SERVER_NOMAIN_OBJ = $(call obj,$(filter-out server/main.c,$(SERVER_SRC)))
 
 ALL_LIBS := $(CLIENT_LIB) $(PROTO_LIB) $(CORE_LIB)
 BINS := $(if $(SERVER_SRC),$(SERVER_BIN)) $(if $(CLI_SRC),$(CLI_BIN)) $(EXAMPLE_BINS)
 
-.PHONY: all deps test test-run asan-test bench run clean fixtures help
+.PHONY: all deps test test-run asan-test bench bench-paper run clean fixtures help
 .PHONY: docker docker-test cluster-test
+.PHONY: fuzz fuzz-build load valgrind-test
 .DEFAULT_GOAL := all
 
-all: $(CORE_LIB) $(PROTO_LIB) $(if $(CLIENT_SRC),$(CLIENT_LIB)) $(BINS) $(TEST_BINS) $(BENCH_BINS)
+all: $(CORE_LIB) $(PROTO_LIB) $(if $(CLIENT_SRC),$(CLIENT_LIB)) $(BINS) $(TEST_BINS) $(BENCH_BINS) \
+     $(FUZZ_REPLAY_BINS)
 
 help:
-	@echo "make run | test | asan-test | bench | deps | clean | fixtures"
+	@echo "make run | test | asan-test | bench | bench-paper | deps | clean | fixtures"
 
 # Installs every missing Debian package; does nothing when all are present.
 deps:
@@ -121,6 +128,11 @@ $(BUILD)/bench-bin/%: $(BUILD)/obj/tests/bench/%.o $(if $(CLIENT_SRC),$(CLIENT_L
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/fuzz-replay/%: $(BUILD)/obj/tests/fuzz/%.o $(BUILD)/obj/tests/fuzz/replay_main.o \
+                       $(SERVER_NOMAIN_OBJ) $(PROTO_LIB) $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 # One BLAS thread per caller: the core parallelises itself (see README, "Threads").
 TEST_ENV := OPENBLAS_NUM_THREADS=1 CK_DEFAULT_TIMEOUT=600 ALTGRAD_BUILD=$(BUILD) \
             ALTGRAD_SERVER=$(abspath $(SERVER_BIN)) ALTGRAD_CLI=$(abspath $(CLI_BIN))
@@ -151,6 +163,13 @@ bench: deps
 	@for s in tests/bench/bench_*.sh; do [ -e "$$s" ] || continue; \
 	  echo "== $$s"; env $(TEST_ENV) BENCH_OUT=$(BUILD)/bench bash $$s || exit 1; done
 
+# The co-author's published table (JamesSand/MultiLayer) rerun, then the gradient
+# (docs/bench_paper.md); `make bench` runs it too (tests/bench/bench_paper.sh). A few minutes.
+bench-paper: deps
+	@$(MAKE) --no-print-directory all
+	@mkdir -p $(BUILD)/bench
+	@env $(TEST_ENV) BENCH_OUT=$(BUILD)/bench bash tests/bench/bench_paper.sh
+
 run: deps
 	@$(MAKE) --no-print-directory all
 	@echo "altgradd on http://127.0.0.1:8080 — try, from another shell:"
@@ -178,7 +197,77 @@ cluster-test: deps
 fixtures: deps
 	/usr/bin/python3 tests/oracle/make_fixtures.py tests/oracle/fixtures
 
+# ---- reliability (docs/hardening.md) ---------------------------------------------------
+# `make fuzz`: every tests/fuzz/fuzz_*.c as a libFuzzer program (clang, ASan + UBSan), run
+# FUZZ_SECONDS each from its seeds (tests/fuzz/seeds/<name>) plus the corpus grown by earlier
+# runs ($(BUILD)/fuzz/corpus/<name>). A crash stops it; the input is saved as
+# $(BUILD)/fuzz/crash-<name>-*: fix it and commit it under tests/fuzz/regress/<name>/.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_DIR     := $(BUILD)/fuzz
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS  := -std=c11 -O1 -g -fno-omit-frame-pointer -D_GNU_SOURCE -pthread -Wall -Wextra \
+                $(PC_CFLAGS) $(FUZZ_SAN)
+FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRC))
+FUZZ_BINS    := $(patsubst %,$(FUZZ_DIR)/fuzz_%,$(FUZZ_NAMES))
+# Coverage feedback from the code under test; core/ is only sanitised (its numeric loops
+# would drown the signal of the decoder and the server).
+FUZZ_OBJ     := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(PROTO_SRC) $(filter-out server/main.c,$(SERVER_SRC)) $(CORE_SRC))
+
+# Kept: the fuzz programs are pattern targets, whose objects make would otherwise delete.
+.PRECIOUS: $(FUZZ_DIR)/obj/%.o $(BUILD)/obj/tests/fuzz/%.o
+
+$(FUZZ_DIR)/obj/core/%.o: core/%.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -O2 -MMD -MP -c $< -o $@
+
+$(FUZZ_DIR)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(FUZZ_DIR)/fuzz_%: $(FUZZ_DIR)/obj/tests/fuzz/fuzz_%.o $(FUZZ_OBJ)
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -pthread -o $@ $^ $(LDLIBS)
+
+fuzz-build: deps
+	@$(MAKE) --no-print-directory $(FUZZ_BINS)
+
+fuzz: fuzz-build
+	@for t in $(FUZZ_NAMES); do \
+	  mkdir -p $(FUZZ_DIR)/corpus/$$t; \
+	  dict=""; [ -f tests/fuzz/$$t.dict ] && dict="-dict=tests/fuzz/$$t.dict"; \
+	  case $$t in b64) maxlen=4096;; *) maxlen=65536;; esac; \
+	  echo "== fuzz_$$t: $(FUZZ_SECONDS) s"; \
+	  env OPENBLAS_NUM_THREADS=1 ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
+	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    $(FUZZ_DIR)/fuzz_$$t $(FUZZ_DIR)/corpus/$$t tests/fuzz/seeds/$$t $$dict \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=3072 \
+	    -max_len=$$maxlen -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZ_DIR)/crash-$$t- > $(FUZZ_DIR)/$$t.log 2>&1; rc=$$?; \
+	  grep -aE '^#[0-9]+[[:space:]]+(INITED|DONE)' $(FUZZ_DIR)/$$t.log | sed 's/^/   /'; \
+	  grep -aE '^stat::number_of_executed_units|^Done ' $(FUZZ_DIR)/$$t.log | sed 's/^/   /'; \
+	  if [ $$rc -ne 0 ]; then echo "FAILED: fuzz_$$t (exit $$rc), see $(FUZZ_DIR)/$$t.log"; \
+	    tail -40 $(FUZZ_DIR)/$$t.log; exit 1; fi; \
+	done
+
+# `make load`: 2 minutes of mixed traffic at 64 connections (tests/load/load.py); numbers in
+# $(BUILD)/load/. LOAD_SECONDS and LOAD_CONNECTIONS override.
+LOAD_SECONDS ?= 120
+LOAD_CONNECTIONS ?= 64
+load: deps
+	@$(MAKE) --no-print-directory $(SERVER_BIN)
+	@mkdir -p $(BUILD)/load
+	env $(TEST_ENV) /usr/bin/python3 tests/load/load.py --server $(abspath $(SERVER_BIN)) \
+	  --seconds $(LOAD_SECONDS) --connections $(LOAD_CONNECTIONS) --out $(BUILD)/load
+
+# `make valgrind-test`: the server integration tests with altgradd under valgrind memcheck
+# (an unsanitised build in build/valgrind): no byte definitely or indirectly lost.
+valgrind-test: deps
+	@$(MAKE) --no-print-directory BUILD=build/valgrind all
+	@env $(TEST_ENV) ALTGRAD_BUILD=build/valgrind ALTGRAD_SERVER=$(abspath build/valgrind/altgradd) \
+	  ALTGRAD_CLI=$(abspath build/valgrind/altgrad) bash tests/load/valgrind_test.sh
+
 clean:
 	rm -rf $(BUILD) build
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(FUZZ_DIR)/obj -name '*.d' 2>/dev/null)

@@ -15,7 +15,7 @@
 typedef struct {
     const ag_attn_shape *s;
     size_t n, d, ld, r;
-    size_t B;         /* rows per feature block (and per causal chunk) */
+    size_t B;         /* rows per chunk, C: a multiple of 16 (ag_approx_block_rows) */
     double *mu;       /* [d] key mean, double */
     float qscale, kscale;
     ag_feature_map map;
@@ -28,11 +28,13 @@ ag_status ag_approx_head_init(ag_approx_head *h, const ag_attn_shape *s, const a
 /* Frees what init allocated; NULL-safe. */
 void ag_approx_head_free(ag_approx_head *h);
 
-/* xt [d, ldx] <- transposed scaled rows i0..i0+m-1 of q (is_key 0) or of k - mu (is_key 1). */
+/* xt [d, ldx] <- transposed scaled rows i0..i0+m-1 of q (is_key 0) or of k - mu (is_key 1);
+ * columns m..ldx-1 are zeroed. */
 void ag_approx_load_t(const ag_approx_head *h, const float *x, int is_key, size_t i0, size_t m,
                       float *xt, size_t ldx);
 
-/* Rows per feature block for rank r: about 1 MB of features, 16..256 rows. */
+/* Rows per chunk for rank r: 128 non-causal; about r / 6 causal (the exact in-chunk part
+ * against the per-chunk state reduction); 32..256, a multiple of 16, and C r floats <= 8 MB. */
 size_t ag_approx_block_rows(size_t r, int causal);
 
 /* Route paper (AG_ROUTE_PAPER): the paper's Algorithm 1, same contract as

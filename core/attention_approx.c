@@ -1,25 +1,35 @@
 /* Polynomial low-rank attention (the approximation of arXiv 2408.13233), one head of one
  * sequence, with the features-route backward.
  *
- * Shapes (views [n, ld], d = d_head columns used; r = C(d+g, g); B rows per block):
- *   q^ = qscale q,  k^ = kscale (k - mu)       mu = mean of the keys (exact for softmax)
- *   phi(q^), psi(k^) in R^r                    p(q^ . k^) = phi . psi ~ e^{c q . k}
+ * Shapes (views [n, ld], d = d_head columns used; r = C(d+g, g)):
+ *   q^ = qscale q,  k^ = kscale (k - mu)       mu = mean of the keys (exact for softmax);
+ *                                              q^ . k^ = c q . (k - mu), |q^|, |k^| <= sqrt(R)
+ *   phi(q^) = weight o m(q^),  psi(k^) = m(k^) in R^r (m: the monomials, feature_map.h)
  *   V' = [v, 1] [n, d+1]                       S' = Psi^T V' = [S | z]  [r, d+1]
  *   Num = Phi S' [n, d+1];  den = Num[:, d];  o = Num[:, :d] / den;  row_stat = den
  * Backward through exactly that function (paper.md section 6 note 5(b)):
  *   G = [dO, -delta] / den  [n, d+1],  delta_i = dO_i . o_i
  *   dPhi = G S'^T;  dS' = Phi^T G;  dPsi = V' dS'^T;  dv += Psi dS'[:, :d]
- *   dq, dk from dPhi, dPsi through the monomial tree (feature_map.c); dk -= mean(dk) undoes the
- *   centring; q^, k^ scalings by the chain rule.
- * Causal: chunks of B rows. Across chunks the polynomial state: a prefix S' in the forward,
+ *   dq, dk from dPhi, dPsi through the monomial tree; dk -= mean(dk) undoes the centring;
+ *   the scalings by the chain rule. The weights fold into the states: Sw = weight o S' serves
+ *   the queries (Num = m(q^) Sw, dm(q^) = G Sw^T) and Dw = weight o sum_i m(q^_i) G_i = dS'
+ *   the keys, so only pure monomials are ever formed.
+ * Causal: chunks of C rows. Across chunks the polynomial state: a prefix S' in the forward,
  * and in the backward a prefix S' (forward sweep, for dPhi) and a suffix dS' (reverse sweep,
- * for dPsi and dv). Within a chunk the exact masked e^{q^ . k^}, whose gradient is the usual
- * one. Every attention entry is then exact or within the polynomial's relative error.
- * Never stored: Phi or Psi for more than one block; every product is a GEMM.
+ * for dPsi and dv). Within a chunk the exact masked e^{q^ . k^} (BLAS), whose gradient is the
+ * usual one. Every attention entry is then exact or within the polynomial's relative error.
+ *
+ * Layout (why it is fast): a chunk is held transposed, [feature, C]; rows are processed in
+ * groups of 16 whose monomials are INTERLEAVED (one 16-float vector per monomial, a lane per
+ * row), so forming them is one vector multiply per monomial, the query products reduce
+ * nothing across lanes, and states are summed into 16 lane-partials reduced once per chunk.
+ * The top degree (no children) is formed on the fly where its consumer reads it once. No
+ * n x r or n x n array exists; memory is O(r (d+1) 16 + C r) per call, independent of n.
  *
  * Float32 states are sound while u e^{2R} (times the modest factor of ag_poly_float_bound)
- * stays below epsilon: R up to about 3 at epsilon 1e-3. ag_head_plan_choose refuses beyond
- * that ("R too large for float32"), and auto falls back to exact.
+ * stays below epsilon: R up to about 3 at epsilon 1e-3, 2.3 at 2e-4 (d_head 8).
+ * ag_head_plan_choose refuses beyond that ("R too large for float32"), auto falls back to
+ * exact.
  */
 /* -std=c11 turns GCC's floating-point contraction off; the kernels here want a * b + c as one
  * FMA (faster, and one rounding fewer). Clang contracts within expressions by default. */
@@ -672,9 +682,14 @@ static void add_rows_t(const ag_approx_head *h, float *x, size_t i0, size_t m, c
 /* dk_j -= mean_j(dk'_j): the gradient through k' = k - mean(k). */
 static void uncentre(const ag_approx_head *h, float *dk, const double *ksum)
 {
-    for (size_t t = 0; t < h->d; t++) {
-        float mean = (float)(ksum[t] / (double)h->n);
-        for (size_t j = 0; j < h->n; j++) dk[j * h->ld + t] -= mean;
+    float mean[64];
+    for (size_t t0 = 0; t0 < h->d; t0 += 64) { /* rows outer: one pass over the view */
+        size_t nt = h->d - t0 < 64 ? h->d - t0 : 64;
+        for (size_t t = 0; t < nt; t++) mean[t] = (float)(ksum[t0 + t] / (double)h->n);
+        for (size_t j = 0; j < h->n; j++) {
+            float *row = dk + j * h->ld + t0;
+            for (size_t t = 0; t < nt; t++) row[t] -= mean[t];
+        }
     }
 }
 

@@ -161,6 +161,14 @@ static int verification_zero(const ag_request *rq, ag_verification *v)
     return 0;
 }
 
+/* The fault-injection hook: whether this job's core run must fail as out of memory. */
+static int fault_alloc_now(server *srv)
+{
+    if (!srv->fault_alloc_every) return 0;
+    unsigned k = atomic_fetch_add(&srv->fault_alloc_seq, 1) + 1;
+    return k % srv->fault_alloc_every == 0;
+}
+
 void compute_job(server *srv, job *j)
 {
     j->t_started = uv_hrtime();
@@ -225,8 +233,15 @@ void compute_job(server *srv, job *j)
     ag_error err;
     memset(&err, 0, sizeof err);
     ag_verification ver = {0, NULL};
-    int ok = ag_gradients(&rq.cfg, rq.layers, rq.input, rq.batch, rq.n, &rq.loss, &rq.method,
+    int ok;
+    if (fault_alloc_now(srv)) {
+        ag_error_set(&err, AG_ERR_NOMEM, "", "out of memory for the job's workspace (injected "
+                     "by ALTGRAD_FAULT_ALLOC_FAIL)");
+        ok = 0;
+    } else {
+        ok = ag_gradients(&rq.cfg, rq.layers, rq.input, rq.batch, rq.n, &rq.loss, &rq.method,
                           &opts, &res, &err) == AG_OK;
+    }
     if (!ok) fail_core(srv, j, &err);
     if (ok && rq.verify && all_heads_exact(&res)) {
         /* Nothing was approximated: the exact run would repeat this one bit for bit (the core

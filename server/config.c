@@ -69,7 +69,7 @@ static const opt_def opts[] = {
     {"port-file", "ALTGRAD_PORT_FILE", OPT_STR, OFF(port_file), CAP(port_file), 0, 0,
      "write the bound port to this file once listening"},
     {"node-id", "ALTGRAD_NODE_ID", OPT_STR, OFF(node_id), CAP(node_id), 0, 0,
-     "name of this replica: job ids become NAME-<32 hex> (letters, digits, '_', '.')"},
+     "name of this replica: job ids become NAME-<32 hex> (letters, digits, '_', '-')"},
     {"log-format", "ALTGRAD_LOG_FORMAT", OPT_LOGFMT, OFF(log_format), 0, 0, 0,
      "text or json, for the access and error logs on stderr (default text)"},
     {"calibrate", "ALTGRAD_CALIBRATE", OPT_BOOL, OFF(calibrate), 0, 0, 1,
@@ -227,10 +227,13 @@ static int validate(srv_config *cfg)
         fprintf(stderr, "altgradd: --tls-cert and --tls-key go together\n");
         return -1;
     }
+    /* The job-id alphabet of the client (client_job_id_valid) and of the job routes, so a
+     * Kubernetes pod name (altgrad-0) works as it is; '.' is out (no "..", no dotted names in
+     * URLs). */
     for (const char *p = cfg->node_id; *p; p++) {
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-              *p == '_' || *p == '.')) {
-            fprintf(stderr, "altgradd: --node-id: only letters, digits, '_' and '.'\n");
+              *p == '_' || *p == '-')) {
+            fprintf(stderr, "altgradd: --node-id: only letters, digits, '_' and '-'\n");
             return -1;
         }
     }

@@ -12,10 +12,16 @@
 
 /* Process-wide by nature (stderr is): set once at startup, read-only afterwards. */
 static srv_log_format log_format = LOG_FORMAT_TEXT;
+static int log_fd = STDERR_FILENO;
 
 void srv_log_set_format(srv_log_format format)
 {
     log_format = format;
+}
+
+void srv_log_set_fd(int fd)
+{
+    log_fd = fd;
 }
 
 typedef struct {
@@ -104,7 +110,7 @@ static void finish(line *l)
     if (log_format == LOG_FORMAT_JSON) puts_(l, "}");
     l->buf[l->len++] = '\n';
     /* One write per line: atomic with respect to other threads' lines. */
-    ssize_t w = write(STDERR_FILENO, l->buf, l->len);
+    ssize_t w = write(log_fd, l->buf, l->len);
     (void)w;
 }
 

@@ -10,6 +10,9 @@
 
 /* Chooses the format for every later line (call once, before threads start). */
 void srv_log_set_format(srv_log_format format);
+/* Where log lines go (default 2, stderr); set once at startup (the in-process fuzz harness
+ * points it at /dev/null). */
+void srv_log_set_fd(int fd);
 
 /* level "info" | "warn" | "error"; printf-style message. Thread-safe. */
 void srv_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

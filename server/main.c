@@ -48,6 +48,19 @@ static int setup(server *srv, char **cert, char **key)
             return -1;
         }
     }
+    const char *fault = getenv("ALTGRAD_FAULT_ALLOC_FAIL");
+    if (fault && *fault) {
+        char *end;
+        unsigned long every = strtoul(fault, &end, 10);
+        if (*end || every == 0 || every > 1000000000ul) {
+            srv_log("error", "ALTGRAD_FAULT_ALLOC_FAIL: expected a job count N >= 1, got '%s'",
+                    fault);
+            return -1;
+        }
+        srv->fault_alloc_every = (unsigned)every;
+        srv_log("warn", "fault injection: every %lu-th job fails as out of memory "
+                "(ALTGRAD_FAULT_ALLOC_FAIL; a test hook, never for production)", every);
+    }
     srv->limits = ag_proto_limits_default();
     srv->cost = ag_cost_model_default();
     if (srv->cfg.calibrate) {

@@ -481,10 +481,12 @@ static void match(http_req *r, const char *url)
     size_t n = 0;
     while (id[n] && id[n] != '/') n++;
     if (n == 0 || n >= JOB_ID_MAX) return;
+    /* Job ids are [NODE-]<32 hex>, NODE of [A-Za-z0-9_-] (--node-id): "..", "%2e%2e" (which
+     * libmicrohttpd has unescaped by now) and other path tricks are no id. */
     for (size_t i = 0; i < n; i++) {
         char c = id[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_' || c == '.'))
+              c == '-' || c == '_'))
             return;
     }
     if (id[n] == 0) r->route = ROUTE_JOB;

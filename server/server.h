@@ -58,6 +58,11 @@ typedef struct server {
     ag_proto_limits limits;
     ag_cost_model cost;      /* read-only after startup: shared by workers */
 
+    /* Test hook (ALTGRAD_FAULT_ALLOC_FAIL=N, read once at startup): every N-th job to reach
+     * the core fails as if its workspace could not be allocated. 0 = off. */
+    unsigned fault_alloc_every;
+    atomic_uint fault_alloc_seq; /* jobs that reached the core (workers) */
+
     size_t in_flight;        /* jobs submitted whose after-callback has not run */
     size_t active_requests;  /* requests between their first callback and completion */
     size_t suspended;        /* connections suspended on a job */

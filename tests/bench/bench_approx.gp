@@ -1,6 +1,6 @@
 # Plots for tests/bench/bench_approx.sh: gnuplot -e "outdir='..'; plots=\"..\"; pdir='..'"
 # plots is the plot command list the script builds (one series per method, d_head, causal).
-set terminal pngcairo size 900,620 font ",11"
+set terminal pngcairo size 900,620 font ",11" noenhanced
 set grid
 
 set output outdir.'/approx_time.png'

@@ -359,17 +359,24 @@ static void fd_case(size_t n, size_t d, int causal, double R, int degree, unsign
 
 START_TEST(test_backward_matches_finite_differences)
 {
-    /* n not a multiple of the block / chunk; several blocks or chunks each time:
-     * d 1, g 6 (r 7): blocks 256, chunks 128;  d 4, g 15 (r 3876): blocks and chunks 64;
-     * d 4, g 5 (r 126): chunks 128;  d 8, g 8 (r 12870): blocks and chunks 16;
-     * d 8, g 5 (r 1287): chunks 128. */
-    for (int causal = 0; causal < 2; causal++) {
-        fd_case(300, 1, causal, 1.0, 6, 1);
-        fd_case(150, 4, causal, 3.0, 15, 2);
-        fd_case(150, 4, causal, 1.5, 5, 3);
-        fd_case(45, 8, causal, 2.0, 8, 4);
-        fd_case(150, 8, causal, 1.0, 5, 5);
-    }
+    /* Non-causal chunks are 128 rows; causal chunks grow with the rank (exact inside, the
+     * polynomial across): n exceeds one chunk and is not a multiple of it or of the 16-row
+     * groups. The d 16 case runs the kernels without the fused top degree (d + 1 > 16). */
+    const struct { size_t d; int g; double R; size_t n, n_causal; } cases[] = {
+        {1, 6, 1.0, 300, 300},   /* r 7, causal chunk 32 */
+        {4, 15, 3.0, 150, 300},  /* r 3876, causal chunk 256 */
+        {4, 5, 1.5, 150, 150},   /* r 126, causal chunk 32 */
+        {8, 8, 2.0, 150, 200},   /* r 12870, causal chunk 160 */
+        {8, 5, 1.0, 150, 300},   /* r 1287, causal chunk 224 */
+        {16, 3, 1.0, 140, 200},  /* r 969, causal chunk 176 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        for (int causal = 0; causal < 2; causal++) {
+            size_t n = causal ? cases[i].n_causal : cases[i].n;
+            ck_assert_uint_gt(n, ag_approx_block_rows(ag_poly_rank(cases[i].d, cases[i].g),
+                                                      causal));
+            fd_case(n, cases[i].d, causal, cases[i].R, cases[i].g, 1 + i);
+        }
 }
 END_TEST
 
@@ -419,13 +426,14 @@ static exact_errs exact_case(size_t n, size_t d, int causal, double R, int degre
 
 START_TEST(test_within_bound_of_exact)
 {
+    /* n = 300 exceeds every causal chunk here (at most 224 rows, for d 8 at degree 5) */
     const size_t ds[] = {1, 4, 8};
     const double eps[] = {1e-2, 1e-3, 2e-4};
     for (int causal = 0; causal < 2; causal++)
         for (size_t di = 0; di < 3; di++)
             for (size_t ei = 0; ei < 3; ei++) {
                 double R = di == 2 ? 1.0 : 2.0;
-                exact_errs e = exact_case(200, ds[di], causal, R, 0, eps[ei], 10 + di);
+                exact_errs e = exact_case(300, ds[di], causal, R, 0, eps[ei], 10 + di);
                 double b = e.bound, out_bound = 2 * b / (1 - b);
                 if (verbose())
                     fprintf(stderr, "exact d=%zu causal=%d eps=%g bound %.2e: out %.2e dq %.2e "
