@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "blas.h"
 #include "log.h"
 #include "server.h"
 #include "tls.h"
@@ -82,6 +83,7 @@ int main(int argc, char **argv)
     /* Before anything can call BLAS: every caller thread runs single-threaded GEMMs and the
      * core parallelises itself (OPENBLAS_NUM_THREADS=1 in the environment, as `make run`
      * sets, also stops OpenBLAS from creating its idle threads at load). */
+    srv_blas_setup(argv);
     openblas_set_num_threads(1);
     json_object_seed(0);
     signal(SIGPIPE, SIG_IGN);
