@@ -45,9 +45,27 @@ ag_status ag_attn_approx_backward_paper(const ag_attn_shape *s, const ag_head_pl
                                         const float *dout, float *dq, float *dk, float *dv,
                                         ag_error *err);
 
+/* The same with the route's state tensors cut into slabs of at most slab_cols of their last
+ * index (0: as wide as the workspace budget allows, what ag_attn_approx_backward_paper does);
+ * lets tests run the slab loop at any d_head. */
+ag_status ag_attn_approx_backward_paper_slabs(const ag_attn_shape *s, const ag_head_plan *plan,
+                                              const float *q, const float *k, const float *v,
+                                              const float *o, const float *row_stat,
+                                              const float *dout, float *dq, float *dk,
+                                              float *dv, size_t slab_cols, ag_error *err);
+
+/* Bytes one route-paper backward call allocates for a head of width d_head at this rank
+ * (independent of n), workspace and feature map. The states are sliced to keep it within
+ * ag_attn_approx_workspace_bytes (what the model's memory estimate reserves; true for every
+ * d_head <= 128 and rank <= 20000). SIZE_MAX on overflow or bad arguments. */
+size_t ag_attn_paper_workspace_bytes(size_t d_head, size_t rank, int causal);
+
 /* Flop counts of the cost model, per head and sequence, forward + backward: exact blocked
  * attention (the causal one skips the blocks above the diagonal) and the features route. */
 double ag_cost_exact_flops(size_t n, size_t d_head, int causal);
 double ag_cost_approx_flops(size_t n, size_t d_head, size_t rank, int causal);
+/* The same for route paper: the approximate forward plus the paper's backward, whose
+ * Hadamard contractions cost 4 r (d+1)(2d+1) a row (core/attention_paper.c). */
+double ag_cost_paper_flops(size_t n, size_t d_head, size_t rank, int causal);
 
 #endif

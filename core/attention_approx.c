@@ -254,7 +254,10 @@ ag_status ag_head_plan_choose(const ag_method *method, size_t d_head, size_t n, 
     if (method->kind == AG_METHOD_AUTO) {
         ag_cost_model cm = cost ? *cost : ag_cost_model_default();
         double t_exact = ag_cost_exact_flops(n, d_head, causal) * cm.exact_s_per_flop;
-        double t_approx = ag_cost_approx_flops(n, d_head, c.rank, causal) * cm.approx_s_per_flop;
+        double f_approx = method->route == AG_ROUTE_PAPER
+                              ? ag_cost_paper_flops(n, d_head, c.rank, causal)
+                              : ag_cost_approx_flops(n, d_head, c.rank, causal);
+        double t_approx = f_approx * cm.approx_s_per_flop;
         if (!(t_approx < t_exact)) {
             plan_exact(plan, method, R, "exact cheaper by cost model");
             return AG_OK;

@@ -9,6 +9,14 @@
  *            8 r (d+1) + 2 r d backward (both states recomputed, dPhi, dPsi, dv); monomial
  *            trees ~2 r forward and ~12 r backward (four regenerations, two reverse sweeps).
  *            Causal adds the exact in-chunk part, C (14 d + 4) per row for chunks of C rows.
+ *   paper:   n r (8 (d+1)^2 + 8) for route paper (core/attention_paper.c): the same forward,
+ *            4 r (d+1) + 2 r, and a backward of two GEMM pairs (build a state, read it)
+ *            through the r x (d+1) x d and r x (d+1) x (d+1) states, 4 r (d+1)(2d+1), plus
+ *            four feature generations and the weights, ~6 r; causal adds the same in-chunk
+ *            part. About 4.6 times the features route at d 8 (4d/7 for large d). Its GEMMs
+ *            run faster per flop than the features route's vector loops, so with the
+ *            features route's measured constant the model overestimates it
+ *            (docs/paper_route.md): auto then errs toward exact.
  * The constants come from timing both kernels on this machine (ag_cost_model_calibrate) at
  * d_head 8, degree 5 (rank 1287), n 2048; the defaults are such a measurement.
  */
@@ -40,6 +48,14 @@ double ag_cost_approx_flops(size_t n, size_t d_head, size_t rank, int causal)
     double nn = (double)n, d = (double)d_head, r = (double)rank;
     double f = nn * r * (14 * d + 29);
     if (causal) f += nn * (double)ag_approx_block_rows(rank, 1) * (14 * d + 4);
+    return f;
+}
+
+double ag_cost_paper_flops(size_t n, size_t d_head, size_t rank, int causal)
+{
+    double nn = (double)n, d1 = (double)d_head + 1, r = (double)rank;
+    double f = nn * r * (8 * d1 * d1 + 8);
+    if (causal) f += nn * (double)ag_approx_block_rows(rank, 1) * (14 * (d1 - 1) + 4);
     return f;
 }
 

@@ -13,7 +13,8 @@
 #      -> printed, and $BENCH_OUT/paper_table.md
 #
 #   BENCH_PAPER_DS      values of d (default "4 5 6 7 8 9 10 11 12"; n = 10 * 2^d)
-#   BENCH_PAPER_REPS    timed runs per figure, median (default 5; runs over 1 s: 3, over 4 s: 1)
+#   BENCH_PAPER_REPS    timed runs per figure, median (default 5; more for runs under 0.1 s,
+#                       3 for runs over 1 s, 1 over 4 s)
 #   BENCH_THREADS       second thread count for exact (default 2; the approximate kernel
 #                       runs one head on one thread)
 #   BENCH_PAPER_TORCH   0 skips step 1 (altgrad then draws its own inputs)
@@ -61,10 +62,13 @@ fi
 
 # ---- 2. altgrad ----------------------------------------------------------------------------
 echo "== altgrad (1 and $THREADS threads, OpenBLAS ${OPENBLAS_CORETYPE:-default}): $CSV"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$BIN" --header > "$CSV"
 for d in $DS; do
   "$BIN" "$d" "$REPS" "$THREADS" 8 "$DATA" | tee -a "$CSV"
 done
+
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ---- 3. tables -----------------------------------------------------------------------------
 "$PY" - "$CSV" "$THEIRS" "$TORCH" "$THREADS" > "$OUT/paper_table.md" << 'EOF'
@@ -107,6 +111,15 @@ def table(head, body):
     print()
 
 data = {r['data'] for r in ours}
+# 1-thread jobs: wall time well above CPU time means other processes took the core
+one_thr = [r for r in ours if r['threads'] == '1' and f(r['fwdbwd_ms']) and f(r['fwdbwd_cpu_ms'])]
+if one_thr:
+    infl = max(f(r['fwdbwd_ms']) / f(r['fwdbwd_cpu_ms']) for r in one_thr)
+    med = sorted(f(r['fwdbwd_ms']) / f(r['fwdbwd_cpu_ms']) for r in one_thr)[len(one_thr) // 2]
+    print(f'Machine load: 1-thread fwd+bwd wall / CPU time, median {med:.2f}, worst {infl:.2f}'
+          + (' -- the machine was busy: wall times are inflated, see the *_cpu_ms columns of '
+             'paper.csv.' if infl > 1.3 else ' (quiet enough).'))
+    print()
 print(f'Inputs: {", ".join(sorted(data))} ("theirs": their exact tensors, torch.manual_seed(2)). '
       f'altgrad times are medians, 1 thread unless marked; approx always 1 thread. '
       f'THEIR columns are their published CPU numbers (hardware not stated). '
@@ -141,26 +154,35 @@ table(['d', 'n', 'THEIR err %', 'THEIR exact ms', 'THEIR approx ms', 'THEIR x',
        'THEIR exact / altgrad exact (baseline)', 'x vs THEIR exact', 'x vs THEIR approx'], body)
 
 def short(note):
-    # the core's message, cut before its advice; what the uncapped selection needs stays
-    need = note[note.find(' (it would need'):] if '(it would need' in note else ''
-    note = note.split(' (the polynomial')[0].split('; use exact')[0]
+    # the core's message cut before its advice, plus what the bench found it would need
+    need = ''
+    for mark in (' (in exact arithmetic', ' (without the rank ceiling'):
+        if mark in note:
+            note, need = note[:note.index(mark)], note[note.index(mark):]
+    note = note.split(' (the polynomial')[0].split('; use exact')[0].split(': float32 rounding')[0]
     return (note + need).replace('|', '/')
 
 print('### 2. The epsilon = 1e-3 selection (Chebyshev, a-priori bound)')
+print()
+print('Where the selection refuses, "forced" runs the degree that the polynomial alone needs '
+      '(exact arithmetic) anyway, where that is affordable.')
 print()
 body = []
 for d in ds:
     r = one(d, 'eps1e-3')
     if not r:
         continue
-    ran = f(r['fwdbwd_ms']) is not None
+    forced = one(d, 'eps1e-3-forced')
+    ran = r if f(r['fwdbwd_ms']) is not None else forced
+    outcome = 'ran' if ran is r else short(r['note']) + ('; forced: ran' if forced else '')
+    errs = ' / '.join(fmt(f(ran[k])) for k in ('err_rel_pct', 'dq_err_pct', 'dk_err_pct',
+                                               'dv_err_pct')) if ran else '-'
     body.append([str(d), r['R'], r['degree'] if r['degree'] != '0' else '-',
-                 r['rank'] if r['rank'] != '0' else '-',
-                 'ran' if ran else short(r['note']),
-                 fmt(f(r['fwd_ms'])), fmt(f(r['fwdbwd_ms'])),
-                 fmt(f(r['err_rel_pct'])), fmt(f(r['max_err_pct']))])
-table(['d', 'R (bound)', 'degree', 'rank', 'outcome', 'fwd ms', 'fwd+bwd ms', 'O err %',
-       'max err %'], body)
+                 r['rank'] if r['rank'] != '0' else '-', outcome,
+                 fmt(f(ran['fwd_ms'])) if ran else '-', fmt(f(ran['fwdbwd_ms'])) if ran else '-',
+                 errs])
+table(['d', 'R (bound)', 'degree', 'rank', 'outcome', 'fwd ms', 'fwd+bwd ms',
+       'err %: O / dQ / dK / dV'], body)
 
 print('### 3. Forward + backward (the gradient), dO ~ N(0,1)')
 print()

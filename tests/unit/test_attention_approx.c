@@ -10,7 +10,7 @@
  *      kernel and for the exact one;
  *  (4) the plan: auto picks approx for d_head 8 at n 8192 and small R, exact for d_head 64;
  *      UNREACHABLE / LIMIT / INVALID where due;
- *  and the error paths (cancel, plan bound below the sequence's, NULL, route paper).
+ *  and the error paths (cancel, plan bound below the sequence's, NULL).
  * Views are strided (ld = d_head + 3) with sentinels in the foreign columns.
  */
 #include <check.h>
@@ -699,12 +699,6 @@ START_TEST(test_kernel_errors)
     ck_assert_int_eq(ag_attn_approx_forward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, &err), AG_OK);
     ck_assert_int_eq(ag_attn_approx_backward(&sc, &plan, h.q, h.k, h.v, r.o, r.stat, h.dout, r.dq,
                                              r.dk, r.dv, &err), AG_ERR_CANCELLED);
-    /* route paper: a seam, not implemented yet */
-    ag_head_plan paper = plan;
-    paper.report.route = AG_ROUTE_PAPER;
-    ck_assert_int_eq(ag_attn_approx_backward(&h.s, &paper, h.q, h.k, h.v, r.o, r.stat, h.dout,
-                                             r.dq, r.dk, r.dv, &err), AG_ERR_INVALID);
-    ck_assert_str_eq(err.message, "route paper not implemented");
     /* a corrupted row_stat */
     r.stat[17] = -1;
     ck_assert_int_eq(ag_attn_approx_backward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, h.dout, r.dq,
