@@ -74,6 +74,7 @@ all: $(CORE_LIB) $(PROTO_LIB) $(if $(CLIENT_SRC),$(CLIENT_LIB)) $(BINS) $(TEST_B
 
 help:
 	@echo "make run | test | asan-test | bench | bench-paper | deps | clean | fixtures"
+	@echo "make load | fuzz [FUZZ_SECONDS=60] | valgrind-test    (docs/hardening.md)"
 
 # Installs every missing Debian package; does nothing when all are present.
 deps:
@@ -215,7 +216,7 @@ FUZZ_BINS    := $(patsubst %,$(FUZZ_DIR)/fuzz_%,$(FUZZ_NAMES))
 FUZZ_OBJ     := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(PROTO_SRC) $(filter-out server/main.c,$(SERVER_SRC)) $(CORE_SRC))
 
 # Kept: the fuzz programs are pattern targets, whose objects make would otherwise delete.
-.PRECIOUS: $(FUZZ_DIR)/obj/%.o $(BUILD)/obj/tests/fuzz/%.o
+.PRECIOUS: $(FUZZ_DIR)/obj/%.o
 
 $(FUZZ_DIR)/obj/core/%.o: core/%.c
 	@mkdir -p $(dir $@)
@@ -262,7 +263,7 @@ load: deps
 # `make valgrind-test`: the server integration tests with altgradd under valgrind memcheck
 # (an unsanitised build in build/valgrind): no byte definitely or indirectly lost.
 valgrind-test: deps
-	@$(MAKE) --no-print-directory BUILD=build/valgrind all
+	@$(MAKE) --no-print-directory BUILD=build/valgrind ARCH= all
 	@env $(TEST_ENV) ALTGRAD_BUILD=build/valgrind ALTGRAD_SERVER=$(abspath build/valgrind/altgradd) \
 	  ALTGRAD_CLI=$(abspath build/valgrind/altgrad) bash tests/load/valgrind_test.sh
 
