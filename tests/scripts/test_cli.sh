@@ -215,7 +215,7 @@ expect 0 "job result" -- "${A[@]}" job result "$ID"
 has "$WORK/out" '"grad_input"' "job result body"
 expect 2 "job without id" -- "${A[@]}" job status
 
-"$CLI" random --n 3072 --d-model 64 --heads 8 --layers 2 --d-ff 0 --method exact --dry-run \
+"$CLI" random --n 8192 --d-model 64 --heads 8 --layers 2 --d-ff 0 --method exact --dry-run \
     --save-request "$WORK/slow.json" >/dev/null
 expect 0 "job submit (slow)" -- "${A[@]}" job submit "$WORK/slow.json"
 SLOW=$(cat "$WORK/out")
