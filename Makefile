@@ -14,9 +14,11 @@ BUILD    ?= build
 ARCH     ?= -march=native
 SANITIZE ?=
 
+# libclang-rt-14-dev: libFuzzer and the sanitizer runtimes for clang (`make fuzz`); clang only
+# recommends it, and deps installs without recommends.
 PKGS := gcc make pkg-config libc6-dev libopenblas-dev libjansson-dev libmicrohttpd-dev \
         libuv1-dev check libcurl4-openssl-dev curl openssl python3 python3-torch \
-        python3-numpy gnuplot-nox haproxy wrk clang valgrind
+        python3-numpy gnuplot-nox haproxy wrk clang valgrind libclang-rt-14-dev
 
 LIBS_PC := openblas jansson libmicrohttpd libuv libcurl
 PC_CFLAGS = $(shell pkg-config --cflags $(LIBS_PC) check 2>/dev/null)
@@ -237,10 +239,11 @@ fuzz: fuzz-build
 	  mkdir -p $(FUZZ_DIR)/corpus/$$t; \
 	  dict=""; [ -f tests/fuzz/$$t.dict ] && dict="-dict=tests/fuzz/$$t.dict"; \
 	  case $$t in b64) maxlen=4096;; *) maxlen=65536;; esac; \
+	  regress=""; [ -d tests/fuzz/regress/$$t ] && regress=tests/fuzz/regress/$$t; \
 	  echo "== fuzz_$$t: $(FUZZ_SECONDS) s"; \
 	  env OPENBLAS_NUM_THREADS=1 ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	    $(FUZZ_DIR)/fuzz_$$t $(FUZZ_DIR)/corpus/$$t tests/fuzz/seeds/$$t $$dict \
+	    $(FUZZ_DIR)/fuzz_$$t $(FUZZ_DIR)/corpus/$$t tests/fuzz/seeds/$$t $$regress $$dict \
 	    -max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=3072 \
 	    -max_len=$$maxlen -print_final_stats=1 \
 	    -artifact_prefix=$(FUZZ_DIR)/crash-$$t- > $(FUZZ_DIR)/$$t.log 2>&1; rc=$$?; \

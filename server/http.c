@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "http.h"
@@ -55,6 +56,73 @@ static void on_mhd_io(uv_poll_t *p, int status, int events)
     (void)status;
     (void)events;
     http_pump(p->data);
+}
+
+/* ---- the header deadline --------------------------------------------------------------- */
+
+/* One per open connection (libmicrohttpd's socket context). A connection is "waiting" from
+ * its accept, and again from the end of each response, until the headers of its next request
+ * are in; waiting longer than --connection-timeout gets it closed, however slowly it keeps
+ * sending. Requests in progress (body upload, compute, response) are under the idle timeout
+ * only. */
+struct http_conn {
+    struct http_conn *prev, *next;
+    MHD_socket fd;
+    uint64_t since;   /* ns: accepted, or its last response ended */
+    int in_request;   /* headers complete, request not finished */
+    int cut;          /* shut down by the sweep; libmicrohttpd closes it next */
+};
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    server *srv = cls;
+    struct http_conn *hc = *socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        hc = ci ? calloc(1, sizeof *hc) : NULL;
+        if (!hc) return; /* untracked: left to the idle timeout */
+        hc->fd = ci->connect_fd;
+        hc->since = uv_hrtime();
+        hc->next = srv->conns;
+        if (srv->conns) srv->conns->prev = hc;
+        srv->conns = hc;
+        *socket_context = hc;
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED && hc) {
+        if (hc->prev) hc->prev->next = hc->next;
+        else srv->conns = hc->next;
+        if (hc->next) hc->next->prev = hc->prev;
+        free(hc);
+        *socket_context = NULL;
+    }
+}
+
+static struct http_conn *conn_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+void http_sweep(server *srv, uint64_t now)
+{
+    if (!srv->mhd || srv->stopped) return;
+    uint64_t limit = (uint64_t)srv->cfg.connection_timeout_s * 1000000000ull;
+    size_t n = 0;
+    for (struct http_conn *hc = srv->conns; hc; hc = hc->next) {
+        if (hc->in_request || hc->cut || now < hc->since || now - hc->since <= limit) continue;
+        /* libmicrohttpd has no call to close a connection; a shut-down socket reads as end of
+         * input on its next event, and it closes the connection itself. */
+        shutdown(hc->fd, SHUT_RDWR);
+        hc->cut = 1;
+        n++;
+    }
+    if (n) {
+        srv_log("warn", "closed %zu connections that sent no complete request headers within "
+                "%u s (--connection-timeout)", n, srv->cfg.connection_timeout_s);
+        http_pump(srv);
+    }
 }
 
 size_t http_connections(server *srv)
@@ -268,6 +336,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         r = calloc(1, sizeof *r);
         if (!r) return MHD_NO; /* out of memory: drop this connection, keep the others */
         *con_cls = r;
+        struct http_conn *hc = conn_of(c);
+        if (hc) hc->in_request = 1;
         r->srv = srv;
         r->conn = c;
         r->t_start = uv_hrtime();
@@ -327,8 +397,12 @@ static const char *toe_note(enum MHD_RequestTerminationCode toe)
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)c;
     server *srv = cls;
+    struct http_conn *hc = conn_of(c);
+    if (hc) {
+        hc->in_request = 0;
+        hc->since = uv_hrtime(); /* the next request's headers are due from now */
+    }
     http_req *r = *con_cls;
     if (!r) return;
     *con_cls = NULL;
@@ -344,6 +418,38 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     routes_end(r);
     srv->active_requests--;
     free(r);
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decoding of the path (and query) before routing, as libmicrohttpd's own but for
+ * %00 and %2F, which stay as they are: a decoded NUL would cut the path short for the router
+ * (/v1/info%00.json would serve /v1/info), and a decoded '/' would let a path pick another
+ * route than the one a proxy in front saw (/v1/jobs/ID%2Fresult). */
+static size_t unescape_uri(void *cls, struct MHD_Connection *c, char *s)
+{
+    (void)cls;
+    (void)c;
+    char *w = s;
+    const char *r = s;
+    while (*r) {
+        int hi, lo;
+        if (r[0] == '%' && (hi = hex_value(r[1])) >= 0 && (lo = hex_value(r[2])) >= 0 &&
+            (hi | lo) != 0 && !(hi == 2 && lo == 15)) {
+            *w++ = (char)(hi * 16 + lo);
+            r += 3;
+            continue;
+        }
+        *w++ = *r++;
+    }
+    *w = 0;
+    return (size_t)(w - s);
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -424,21 +530,25 @@ int http_start(server *srv, const char *tls_cert_pem, const char *tls_key_pem)
     if (tls_cert_pem) {
         srv->mhd = MHD_start_daemon(
             flags, 0, NULL, NULL, on_access, srv, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, srv,
+            MHD_OPTION_UNESCAPE_CALLBACK, unescape_uri, NULL,
             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
             MHD_OPTION_CONNECTION_TIMEOUT, conn_timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
             conn_mem, MHD_OPTION_CONNECTION_LIMIT, conn_limit,
             MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip, MHD_OPTION_LISTEN_BACKLOG_SIZE,
             (unsigned)511, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+            MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
             MHD_OPTION_HTTPS_MEM_CERT,
             tls_cert_pem, MHD_OPTION_HTTPS_MEM_KEY, tls_key_pem, MHD_OPTION_END);
     } else {
         srv->mhd = MHD_start_daemon(
             flags, 0, NULL, NULL, on_access, srv, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, srv,
+            MHD_OPTION_UNESCAPE_CALLBACK, unescape_uri, NULL,
             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
             MHD_OPTION_CONNECTION_TIMEOUT, conn_timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
             conn_mem, MHD_OPTION_CONNECTION_LIMIT, conn_limit,
             MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip, MHD_OPTION_LISTEN_BACKLOG_SIZE,
-            (unsigned)511, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
+            (unsigned)511, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+            MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_END);
     }
     if (!srv->mhd) {
         srv_log("error", "cannot listen on %s (address in use, or not allowed?)",

@@ -163,6 +163,10 @@ char *srv_metrics_render(const srv_metrics *m, const srv_gauges *g, size_t *len)
         add(&s, "altgrad_compute_seconds_total{method=\"%s\"} %.9g\n", method_labels[i],
             m->compute_seconds[i]);
 
+    head(&s, "jobs_accepted_total", "counter", "Jobs (sync and async) queued for a worker; "
+         "once idle, equal to the sum of jobs_finished_total.");
+    add(&s, "altgrad_jobs_accepted_total %llu\n", (unsigned long long)m->jobs_accepted);
+
     head(&s, "jobs_finished_total", "counter", "Jobs (sync and async) by final state.");
     for (int i = 2; i < JOB_OUTCOMES; i++)
         add(&s, "altgrad_jobs_finished_total{state=\"%s\"} %llu\n", state_labels[i],

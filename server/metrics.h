@@ -40,6 +40,7 @@ typedef struct {
     srv_histogram queue_wait;                   /* accepted -> a worker starts the job */
     srv_histogram compute[METHOD_LABELS];       /* decode + compute + encode on a worker */
     double compute_seconds[METHOD_LABELS];
+    uint64_t jobs_accepted;                     /* sync and async jobs queued */
     uint64_t jobs_finished[JOB_OUTCOMES];       /* terminal states, sync and async */
     uint64_t bytes_in, bytes_out;
     uint64_t rejected_queue_full, rejected_memory, rejected_too_large, rejected_draining;

@@ -427,6 +427,7 @@ static void complete_compute(http_req *r)
         http_reply_error(r, 500, "internal", "", "cannot queue the job: %s", uv_strerror(rc));
         return;
     }
+    srv->metrics.jobs_accepted++;
     if (r->async) {
         char url[JOB_ID_MAX + 16];
         snprintf(url, sizeof url, "/v1/jobs/%s", j->id);
@@ -703,6 +704,7 @@ static void on_sweep(uv_timer_t *t)
             purge(srv, j);
         }
     }
+    http_sweep(srv, now);
     if (srv->draining) drain_step(srv, now);
 }
 

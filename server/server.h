@@ -36,6 +36,7 @@ typedef struct server {
     struct MHD_Daemon *mhd;
     uv_poll_t mhd_poll;
     uv_timer_t mhd_timer;
+    struct http_conn *conns; /* every open connection, for the header deadline (http.c) */
     int in_mhd_run;          /* guard: MHD_run is never re-entered */
     int mhd_run_again;       /* a resume happened inside an MHD callback */
     int handles_open;        /* uv handles not yet closed */
@@ -82,6 +83,10 @@ void http_quiesce(server *srv);
 void http_stop(server *srv);
 /* Open client connections. */
 size_t http_connections(server *srv);
+/* Closes every connection that has not delivered a complete request header block within
+ * --connection-timeout of opening or of its previous response (slowloris: trickled bytes
+ * keep libmicrohttpd's idle timeout from firing). Called by the sweep timer. */
+void http_sweep(server *srv, uint64_t now_ns);
 
 /* routes.c */
 /* Loop thread: a job's worker part is over (or it was cancelled before it started). */

@@ -3,8 +3,8 @@
  * Beyond "no crash, no leak, no UB" (the sanitizers' job) it checks three properties a
  * decoder bug would break:
  *   - lifting the tensor payloads out of jansson (jdoc.c) never changes the outcome: the body
- *     decoded with and without lifting succeeds or fails alike, and on success the two
- *     requests hold the same values;
+ *     decoded with and without lifting succeeds or fails alike (but for the documented
+ *     numbers jansson cannot hold), and on success the two requests hold the same values;
  *   - a failed decode leaves the request zeroed and names a 4xx/500 status and a code;
  *   - a decoded request, encoded again (ag_request_encode) and decoded, is the same request.
  * Limits are small so that no input makes the decoder allocate more than a few MB. */
@@ -94,13 +94,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
               "error without status or code (%d, '%s')", ea.http_status, ea.code);
     }
     if (rb) CHECK(zeroed(&b), "failed plain decode left a non-empty request");
-    /* Known, documented difference: a number that overflows double ("1e999") is an invalid
-     * JSON token for jansson but an out-of-range value for the lifted reader; both fail. */
-    CHECK(ra == rb, "lifted decode %s (%s %s) but plain decode %s (%s %s)",
+    /* Documented differences (docs/api.md, "Choosing JSON numbers or base64"): jansson refuses
+     * a number beyond a double ("1e999": both fail) and an integer beyond 64 bits
+     * ("4444444444444444444444444449": the lifted reader takes it as 4.4e27, a valid float32,
+     * found by this fuzzer) as invalid JSON. */
+    int jansson_limit = ra == 0 && rb != 0 && strcmp(eb.code, "invalid_json") == 0 &&
+                        (strstr(eb.message, "too big") || strstr(eb.message, "overflow"));
+    CHECK(ra == rb || jansson_limit, "lifted decode %s (%s %s) but plain decode %s (%s %s: %s)",
           ra ? "failed" : "succeeded", ea.code, ea.field, rb ? "failed" : "succeeded", eb.code,
-          eb.field);
+          eb.field, eb.message);
+    if (ra == 0 && rb == 0) same_request(&a, &b, "lifted vs plain");
     if (ra == 0) {
-        same_request(&a, &b, "lifted vs plain");
         size_t len = 0;
         char *again = ag_request_encode(&a, &len);
         CHECK(again != NULL, "a decoded request cannot be encoded");

@@ -102,21 +102,28 @@ START_TEST(test_constant_time)
     last[7 + n - 1] ^= 1;       /* right but for the last byte */
     const char *hs[] = {right, first, middle, last};
     const char *names[] = {"right", "first byte wrong", "middle byte wrong", "last byte wrong"};
-    double tm[4];
-    /* Interleaved passes, so that a slow spell of the machine hits every case alike. */
-    for (int k = 0; k < 4; k++) tm[k] = 1e9;
-    for (int pass = 0; pass < 5; pass++)
+    /* A machine shared with other jobs can slow one case by accident: a real dependence on the
+     * guess shows in every attempt, noise rarely in three in a row. */
+    double ratio = 0;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        double tm[4];
+        /* Interleaved passes, so that a slow spell of the machine hits every case alike. */
+        for (int k = 0; k < 4; k++) tm[k] = 1e9;
+        for (int pass = 0; pass < 5; pass++)
+            for (int k = 0; k < 4; k++) {
+                double v = time_check(hs[k], 40, 200);
+                if (v < tm[k]) tm[k] = v;
+            }
+        double lo = tm[0], hi = tm[0];
         for (int k = 0; k < 4; k++) {
-            double v = time_check(hs[k], 40, 200);
-            if (v < tm[k]) tm[k] = v;
+            printf("auth check, %-18s %.1f ns\n", names[k], tm[k] / 200 * 1e9);
+            if (tm[k] < lo) lo = tm[k];
+            if (tm[k] > hi) hi = tm[k];
         }
-    double lo = tm[0], hi = tm[0];
-    for (int k = 0; k < 4; k++) {
-        printf("auth check, %-18s %.1f ns\n", names[k], tm[k] / 200 * 1e9);
-        if (tm[k] < lo) lo = tm[k];
-        if (tm[k] > hi) hi = tm[k];
+        ratio = hi / lo;
+        if (ratio < 1.25) break;
     }
-    ck_assert_msg(hi / lo < 1.25, "token check time depends on the guess: %.2fx", hi / lo);
+    ck_assert_msg(ratio < 1.25, "token check time depends on the guess: %.2fx", ratio);
 }
 END_TEST
 
