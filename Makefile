@@ -174,7 +174,7 @@ bench-paper: deps
 	@env $(TEST_ENV) BENCH_OUT=$(BUILD)/bench bash tests/bench/bench_paper.sh
 
 run: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j2 $(SERVER_BIN) $(CLI_BIN)
 	@echo "altgradd on http://127.0.0.1:8080 — try, from another shell:"
 	@echo "  curl -s -H 'Content-Type: application/json' --data @docs/example-request.json http://127.0.0.1:8080/v1/gradients"
 	OPENBLAS_NUM_THREADS=1 exec $(SERVER_BIN)
