@@ -33,6 +33,14 @@ void ag_approx_head_free(ag_approx_head *h);
 void ag_approx_load_t(const ag_approx_head *h, const float *x, int is_key, size_t i0, size_t m,
                       float *xt, size_t ldx);
 
+/* VpT [d+1, C] <- [v rows j0..j0+m-1, 1]^T (C = h->B), zero past the m rows. */
+void ag_approx_load_vp(const ag_approx_head *h, const float *v, size_t j0, size_t m, float *VpT);
+
+/* GT [d+1, C] <- ([dO_i, -dO_i . o_i] / den_i)^T for rows i0..i0+m-1, zero past the m rows.
+ * AG_ERR_INVALID when a denominator is one the approximate forward cannot have produced. */
+ag_status ag_approx_load_g(const ag_approx_head *h, const float *o, const float *row_stat,
+                           const float *dout, size_t i0, size_t m, float *GT, ag_error *err);
+
 /* Rows per chunk for rank r: 128 non-causal; about r / 6 causal (the exact in-chunk part
  * against the per-chunk state reduction); 32..256, a multiple of 16, and C r floats <= 8 MB. */
 size_t ag_approx_block_rows(size_t r, int causal);

@@ -609,8 +609,7 @@ static void group_expand(float *restrict dM, const float *restrict Yt, size_t ld
 
 /* ---- chunk helpers --------------------------------------------------------------------- */
 
-/* VpT [d+1][C] = [v rows j0.., 1]^T, zero past the m rows. */
-static void load_vp(const ag_approx_head *h, const float *v, size_t j0, size_t m, float *VpT)
+void ag_approx_load_vp(const ag_approx_head *h, const float *v, size_t j0, size_t m, float *VpT)
 {
     size_t d = h->d, C = h->B;
     for (size_t t = 0; t < d; t++) {
@@ -621,10 +620,8 @@ static void load_vp(const ag_approx_head *h, const float *v, size_t j0, size_t m
     for (size_t b = 0; b < C; b++) VpT[d * C + b] = b < m ? 1.0f : 0.0f;
 }
 
-/* GT [d+1][C] = ([dO_i, -dO_i . o_i] / den_i)^T for rows i0.., zero past the m rows.
- * AG_ERR_INVALID on a bad den. */
-static ag_status load_g(const ag_approx_head *h, const float *o, const float *row_stat,
-                        const float *dout, size_t i0, size_t m, float *GT, ag_error *err)
+ag_status ag_approx_load_g(const ag_approx_head *h, const float *o, const float *row_stat,
+                           const float *dout, size_t i0, size_t m, float *GT, ag_error *err)
 {
     size_t d = h->d, C = h->B;
     for (size_t b = 0; b < C; b++) {
@@ -923,7 +920,7 @@ static ag_status forward_run(const ag_approx_head *h, approx_ws *w, const float 
             if (cancelled(h->s)) return cancel_error(err);
             size_t m = n - j0 < C ? n - j0 : C;
             ag_approx_load_t(h, k, 1, j0, m, w->Xk, C);
-            load_vp(h, v, j0, m, w->VpT);
+            ag_approx_load_vp(h, v, j0, m, w->VpT);
             chunk_into_state(h, w, w->Xk, w->VpT, m);
         }
         reduce_state(w->S, w->Sw, w->SL, h->map.weight, dv1, r);
@@ -934,7 +931,7 @@ static ag_status forward_run(const ag_approx_head *h, approx_ws *w, const float 
         ag_approx_load_t(h, q, 0, i0, m, w->Xq, C);
         if (causal) { /* the exact masked part of the chunk, then the prefix state */
             ag_approx_load_t(h, k, 1, i0, m, w->Xk, C);
-            load_vp(h, v, i0, m, w->VpT);
+            ag_approx_load_vp(h, v, i0, m, w->VpT);
             chunk_exp(h, w, m);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)dv1, (int)m, (int)m, 1.0f,
                         w->VpT, (int)C, w->E, (int)C, 0.0f, w->NumT, (int)C);
@@ -980,11 +977,11 @@ static ag_status load_chunk(const ag_approx_head *h, approx_ws *w, const float *
     size_t C = h->B, d = h->d;
     ag_approx_load_t(h, q, 0, i0, m, w->Xq, C);
     ag_approx_load_t(h, k, 1, i0, m, w->Xk, C);
-    load_vp(h, v, i0, m, w->VpT);
+    ag_approx_load_vp(h, v, i0, m, w->VpT);
     zero(w->dXq, d * C);
     zero(w->dXk, d * C);
     zero(w->dvT, d * C);
-    return load_g(h, o, row_stat, dout, i0, m, w->GT, err);
+    return ag_approx_load_g(h, o, row_stat, dout, i0, m, w->GT, err);
 }
 
 /* Adds the chunk's gradient buffers into dq, dk, dv. */
@@ -1011,11 +1008,11 @@ static ag_status backward_noncausal(const ag_approx_head *h, approx_ws *w, const
             size_t m = n - i0 < C ? n - i0 : C;
             if (which == 0) {
                 ag_approx_load_t(h, k, 1, i0, m, w->Xk, C);
-                load_vp(h, v, i0, m, w->VpT);
+                ag_approx_load_vp(h, v, i0, m, w->VpT);
                 chunk_into_state(h, w, w->Xk, w->VpT, m);
             } else {
                 ag_approx_load_t(h, q, 0, i0, m, w->Xq, C);
-                st = load_g(h, o, row_stat, dout, i0, m, w->GT, err);
+                st = ag_approx_load_g(h, o, row_stat, dout, i0, m, w->GT, err);
                 if (st != AG_OK) return st;
                 chunk_into_state(h, w, w->Xq, w->GT, m);
             }

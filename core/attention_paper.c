@@ -168,45 +168,6 @@ static int cancelled(const ag_attn_shape *s)
 
 /* ---- chunk loads ----------------------------------------------------------------------- */
 
-/* VpT [d+1][C] = [v rows j0.., 1]^T, zero past the m rows. */
-static void load_vp(const ag_approx_head *h, const float *v, size_t j0, size_t m, float *VpT)
-{
-    size_t d = h->d, C = h->B;
-    for (size_t t = 0; t < d; t++) {
-        float *row = VpT + t * C;
-        for (size_t b = 0; b < m; b++) row[b] = v[(j0 + b) * h->ld + t];
-        for (size_t b = m; b < C; b++) row[b] = 0.0f;
-    }
-    for (size_t b = 0; b < C; b++) VpT[d * C + b] = b < m ? 1.0f : 0.0f;
-}
-
-/* GT [d+1][C] = ([dO_i, -dO_i . o_i] / den_i)^T for rows i0.., zero past the m rows.
- * AG_ERR_INVALID on a denominator the approximate forward cannot have produced. */
-static ag_status load_g(const ag_approx_head *h, const float *o, const float *row_stat,
-                        const float *dout, size_t i0, size_t m, float *GT, ag_error *err)
-{
-    size_t d = h->d, C = h->B;
-    for (size_t b = 0; b < C; b++) {
-        if (b >= m) {
-            for (size_t t = 0; t <= d; t++) GT[t * C + b] = 0.0f;
-            continue;
-        }
-        const float *dO = dout + (i0 + b) * h->ld, *oi = o + (i0 + b) * h->ld;
-        float den = row_stat[i0 + b];
-        if (!(den > 0) || !isfinite(den))
-            return ag_error_set(err, AG_ERR_INVALID, "attention", "row_stat[%zu] = %g is not "
-                                "a positive denominator from the approximate forward", i0 + b,
-                                (double)den);
-        float inv = 1.0f / den, delta = 0;
-        for (size_t t = 0; t < d; t++) {
-            GT[t * C + b] = dO[t] * inv;
-            delta += dO[t] * oi[t];
-        }
-        GT[d * C + b] = -delta * inv;
-    }
-    return AG_OK;
-}
-
 /* F [r][C] = the monomials of the chunk's rows (columns of xt [d][C]), times the weights for
  * the queries (phi) or not for the keys (psi). Columns past m are garbage-free (xt is zero
  * there) but never read: every GEMM below stops at m. */
@@ -365,14 +326,14 @@ static void load_keys(const ag_approx_head *h, paper_ws *w, const paper_io *io, 
                       size_t m)
 {
     ag_approx_load_t(h, io->k, 1, i0, m, w->Xk, h->B);
-    load_vp(h, io->v, i0, m, w->VpT);
+    ag_approx_load_vp(h, io->v, i0, m, w->VpT);
 }
 
 static ag_status load_queries(const ag_approx_head *h, paper_ws *w, const paper_io *io,
                               size_t i0, size_t m, ag_error *err)
 {
     ag_approx_load_t(h, io->q, 0, i0, m, w->Xq, h->B);
-    return load_g(h, io->o, io->row_stat, io->dout, i0, m, w->GT, err);
+    return ag_approx_load_g(h, io->o, io->row_stat, io->dout, i0, m, w->GT, err);
 }
 
 /* dq columns [t0, t0+T) from Mk. Non-causal: Mk over every key, then every query reads it.
