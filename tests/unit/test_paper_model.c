@@ -18,102 +18,13 @@
 #include <string.h>
 
 #include "../../core/altgrad.h"
+#include "lib/model_case.h"
 #include "lib/ref_model.h"
 
 /* Measured (AG_TEST_VERBOSE=1 prints them): route paper's model gradients are within 0.5x
  * the largest per-head bound over the cases below (features: 2.4x); 3 leaves room. */
 #define MODEL_FACTOR 3.0
 #define FEATURES_MODEL_FACTOR 8.0 /* tests/unit/test_approx_model.c */
-
-static int verbose(void)
-{
-    const char *v = getenv("AG_TEST_VERBOSE");
-    return v && *v && *v != '0';
-}
-
-typedef struct {
-    ag_model_config cfg;
-    ag_layer_params *layers;
-    float *input, *grad_out;
-    size_t batch, n;
-    ag_loss loss;
-} mcase;
-
-/* Random model; attention weights scaled by wscale / sqrt(d_model) (R about 1 for wscale 1). */
-static void mcase_make(mcase *m, ag_model_config cfg, size_t batch, size_t n, double wscale,
-                       uint64_t seed)
-{
-    m->cfg = cfg;
-    m->batch = batch;
-    m->n = n;
-    m->layers = calloc((size_t)cfg.n_layers, sizeof *m->layers);
-    uint64_t s = seed;
-    double dm = cfg.d_model;
-    for (int l = 0; l < cfg.n_layers; l++) {
-        ck_assert_int_eq(ag_layer_params_alloc(&cfg, &m->layers[l], NULL), AG_OK);
-        for (int i = 0; i < AG_P_COUNT; i++) {
-            float *p = m->layers[l].p[i];
-            size_t count = ag_param_numel(&cfg, i);
-            if (!p) continue;
-            double sc = 1 / sqrt(dm);
-            if (i == AG_P_WQ || i == AG_P_WK) sc = wscale / sqrt(dm);
-            if (i == AG_P_W2) sc = 1 / sqrt((double)cfg.d_ff);
-            ref_fill(p, count, sc, &s);
-            if (i == AG_P_LN1_GAMMA || i == AG_P_LN2_GAMMA)
-                for (size_t k = 0; k < count; k++) p[k] = 1 + 0.2f * p[k];
-            if (i == AG_P_B1 || i == AG_P_B2 || i == AG_P_LN1_BETA || i == AG_P_LN2_BETA)
-                for (size_t k = 0; k < count; k++) p[k] *= 0.3f;
-        }
-    }
-    size_t count = batch * n * (size_t)cfg.d_model;
-    m->input = malloc(count * sizeof *m->input);
-    m->grad_out = malloc(count * sizeof *m->grad_out);
-    ref_fill(m->input, count, 1.0, &s);
-    ref_fill(m->grad_out, count, 1.0, &s);
-    m->loss = (ag_loss){.kind = AG_LOSS_GRAD_OUTPUT, .tensor = m->grad_out};
-}
-
-static void mcase_free(mcase *m)
-{
-    for (int l = 0; l < m->cfg.n_layers; l++) ag_layer_params_free(&m->layers[l]);
-    free(m->layers);
-    free(m->input);
-    free(m->grad_out);
-}
-
-static ag_status mcase_run(const mcase *m, const ag_method *method, ag_result *res, ag_error *err)
-{
-    ag_run_opts opts = {.threads = 2, .want_output = 1};
-    return ag_gradients(&m->cfg, m->layers, m->input, m->batch, m->n, &m->loss, method, &opts,
-                        res, err);
-}
-
-static double worst_grad_error(const mcase *m, const ag_result *a, const ag_result *b,
-                               const char **which)
-{
-    size_t count = m->batch * m->n * (size_t)m->cfg.d_model;
-    double worst = ag_rel_error(a->grad_input, b->grad_input, count);
-    *which = "grad_input";
-    for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int i = 0; i < AG_P_COUNT; i++) {
-            size_t c = ag_param_numel(&m->cfg, i);
-            if (!c) continue;
-            double e = ag_rel_error(a->grad_layers[l].p[i], b->grad_layers[l].p[i], c);
-            if (e > worst) {
-                worst = e;
-                *which = ag_param_name(i);
-            }
-        }
-    return worst;
-}
-
-static double max_bound(const ag_result *r)
-{
-    double b = 0;
-    for (int i = 0; i < r->n_layers * r->n_heads; i++)
-        if (r->heads[i].error_bound > b) b = r->heads[i].error_bound;
-    return b;
-}
 
 static ag_method approx_method(ag_route route, double eps, int degree)
 {
@@ -160,7 +71,7 @@ static model_errs compare_case(const mcase *m, double eps, int degree)
     /* the forward is the same function in both routes */
     size_t count = m->batch * m->n * (size_t)m->cfg.d_model;
     ck_assert_int_eq(memcmp(pa.output, fe.output, count * sizeof(float)), 0);
-    if (verbose())
+    if (mcase_verbose())
         fprintf(stderr, "model L=%d H=%d dh=%d causal=%d ln=%d ff=%d res=%d b=%zu n=%zu: R<=%.2f "
                 "deg %d bound %.2e: paper %.2e (%s, %.2fx) features %.2e (%.2fx) between %.2e\n",
                 m->cfg.n_layers, m->cfg.n_heads, m->cfg.d_model / m->cfg.n_heads, m->cfg.causal,
@@ -416,7 +327,7 @@ static void errata_case(size_t n, int causal, int degree, uint64_t seed)
     double route_x = ref_rel_error(res.grad_input, fd_x, n * d), route_w = 0;
     for (int w = 0; w < 3; w++)
         route_w = fmax(route_w, ref_rel_error(res.grad_layers[0].p[widx[w]], fd_w[w], d * d));
-    if (verbose())
+    if (mcase_verbose())
         fprintf(stderr, "errata n=%zu causal=%d R=%.2f deg %d bound %.2e: vs FD corrected dX "
                 "%.1e dW %.1e | printed dX %.3f dWv %.3f (dWq, dWk %.1e) | route paper dX %.2e "
                 "dW %.2e\n", n, causal, res.heads[0].bound, degree, bound, good_x, good_w, bad_x,
