@@ -25,88 +25,15 @@
 #include "../../core/parallel.h"
 #include "../../core/poly.h"
 
+#include "lib/head_case.h"
+#include "lib/model_case.h"
+
 /* The features route differentiates p, whose derivative approximates e^x less well than p
  * does (paper.md section 6 note 5): measured gradient errors are <= 1.8 eps over the cases
  * below (AG_TEST_VERBOSE=1 prints them); 5 eps leaves room without being vacuous. The FD
  * check compares a float32 kernel with a double function: measured <= 1e-6. */
 #define GRAD_FACTOR 5.0
 #define FD_TOL 1e-5
-#define SENTINEL 12345.0f
-
-/* AG_TEST_VERBOSE=1 prints the measured errors (for the report and the README). */
-static int verbose(void)
-{
-    const char *v = getenv("AG_TEST_VERBOSE");
-    return v && *v && *v != '0';
-}
-
-static double urand(unsigned long long *s)
-{
-    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (double)(*s >> 11) / 9007199254740992.0 * 2 - 1;
-}
-
-typedef struct {
-    size_t n, d, ld;
-    int causal;
-    float *q, *k, *v, *dout; /* [n, ld] with sentinels beyond column d */
-    ag_attn_shape s;
-} head;
-
-static float *view_alloc(size_t n, size_t ld)
-{
-    float *x = malloc(n * ld * sizeof *x);
-    for (size_t i = 0; i < n * ld; i++) x[i] = SENTINEL;
-    return x;
-}
-
-/* Random head whose score bound after centring is R; the keys carry an offset so that the
- * centring has work to do. */
-static void head_make(head *h, size_t n, size_t d, int causal, double R, unsigned long long seed)
-{
-    h->n = n;
-    h->d = d;
-    h->ld = d + 3;
-    h->causal = causal;
-    h->q = view_alloc(n, h->ld);
-    h->k = view_alloc(n, h->ld);
-    h->v = view_alloc(n, h->ld);
-    h->dout = view_alloc(n, h->ld);
-    unsigned long long s = seed;
-    for (size_t i = 0; i < n; i++)
-        for (size_t t = 0; t < d; t++) {
-            h->q[i * h->ld + t] = (float)urand(&s);
-            h->k[i * h->ld + t] = (float)(urand(&s) + 0.6 + 0.1 * t);
-            h->v[i * h->ld + t] = (float)urand(&s);
-            h->dout[i * h->ld + t] = (float)urand(&s);
-        }
-    h->s = (ag_attn_shape){.n = n, .d_head = d, .ld = h->ld, .causal = causal,
-                           .scale = (float)(1 / sqrt((double)d)), .cancel = NULL};
-    double R0 = ag_attn_score_bound(&h->s, h->q, h->k);
-    float f = R0 > 0 ? (float)sqrt(R / R0) : 1.0f; /* one token: R0 = 0 */
-    for (size_t i = 0; i < n; i++)
-        for (size_t t = 0; t < d; t++) {
-            h->q[i * h->ld + t] *= f;
-            h->k[i * h->ld + t] *= f;
-        }
-}
-
-static void head_free(head *h)
-{
-    free(h->q);
-    free(h->k);
-    free(h->v);
-    free(h->dout);
-}
-
-/* Copies the d columns of a view into a contiguous double [n, d]. */
-static double *to_double(const float *x, size_t n, size_t d, size_t ld)
-{
-    double *y = malloc(n * d * sizeof *y);
-    for (size_t i = 0; i < n; i++)
-        for (size_t t = 0; t < d; t++) y[i * d + t] = x[i * ld + t];
-    return y;
-}
 
 /* ---- double references ----------------------------------------------------------------- */
 
@@ -341,7 +268,7 @@ static void fd_case(size_t n, size_t d, int causal, double R, int degree, unsign
     double eq = fd_compare(&cf, q, k, v, dout, q, r.dq, h.ld, 160, &s);
     double ek = fd_compare(&cf, q, k, v, dout, k, r.dk, h.ld, 160, &s);
     double ev = fd_compare(&cf, q, k, v, dout, v, r.dv, h.ld, 160, &s);
-    if (verbose())
+    if (mcase_verbose())
         fprintf(stderr, "fd n=%zu d=%zu causal=%d R=%g g=%d r=%zu: out-vs-double %.2e (model "
                 "%.2e) FD rel dq %.2e dk %.2e dv %.2e\n", n, d, causal, R, degree,
                 plan.report.rank, oerr / vmax, 2 * fb, eq, ek, ev);
@@ -435,7 +362,7 @@ START_TEST(test_within_bound_of_exact)
                 double R = di == 2 ? 1.0 : 2.0;
                 exact_errs e = exact_case(300, ds[di], causal, R, 0, eps[ei], 10 + di);
                 double b = e.bound, out_bound = 2 * b / (1 - b);
-                if (verbose())
+                if (mcase_verbose())
                     fprintf(stderr, "exact d=%zu causal=%d eps=%g bound %.2e: out %.2e dq %.2e "
                             "(%.1fx) dk %.2e (%.1fx) dv %.2e (%.1fx)\n", ds[di], causal, eps[ei],
                             b, e.out, e.dq, e.dq / b, e.dk, e.dk / b, e.dv, e.dv / b);
@@ -457,7 +384,7 @@ START_TEST(test_error_decreases_with_degree)
         for (int g = 2; g <= 7; g++) {
             exact_errs e = exact_case(160, 4, causal, 1.2, g, 0, 21);
             ck_assert_double_le(e.out, 2 * e.bound / (1 - e.bound));
-            if (verbose())
+            if (mcase_verbose())
                 fprintf(stderr, "degree causal=%d g=%d bound %.2e: out %.2e dq %.2e dk %.2e "
                         "dv %.2e\n", causal, g, e.bound, e.out, e.dq, e.dk, e.dv);
             if (g > 2) {

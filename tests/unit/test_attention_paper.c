@@ -28,6 +28,9 @@
 #include "../../core/attention.h"
 #include "../../core/poly.h"
 
+#include "lib/head_case.h"
+#include "lib/model_case.h"
+
 /* Measured over the cases of test_within_bound_of_exact (AG_TEST_VERBOSE=1 prints them):
  * route paper's gradients are within 1.06x the entrywise bound (the features route's, 1.65x);
  * 3 leaves room without being vacuous. The target check compares a float32 kernel with a
@@ -35,79 +38,6 @@
 #define PAPER_FACTOR 3.0
 #define FEATURES_FACTOR 5.0 /* tests/unit/test_attention_approx.c's GRAD_FACTOR */
 #define TARGET_TOL 2e-5
-#define SENTINEL 12345.0f
-
-static int verbose(void)
-{
-    const char *v = getenv("AG_TEST_VERBOSE");
-    return v && *v && *v != '0';
-}
-
-static double urand(unsigned long long *s)
-{
-    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (double)(*s >> 11) / 9007199254740992.0 * 2 - 1;
-}
-
-typedef struct {
-    size_t n, d, ld;
-    int causal;
-    float *q, *k, *v, *dout; /* [n, ld] with sentinels beyond column d */
-    ag_attn_shape s;
-} head;
-
-static float *view_alloc(size_t n, size_t ld)
-{
-    float *x = malloc(n * ld * sizeof *x);
-    for (size_t i = 0; i < n * ld; i++) x[i] = SENTINEL;
-    return x;
-}
-
-/* Random head whose score bound after centring is R; keys offset so the centring has work. */
-static void head_make(head *h, size_t n, size_t d, int causal, double R, unsigned long long seed)
-{
-    h->n = n;
-    h->d = d;
-    h->ld = d + 3;
-    h->causal = causal;
-    h->q = view_alloc(n, h->ld);
-    h->k = view_alloc(n, h->ld);
-    h->v = view_alloc(n, h->ld);
-    h->dout = view_alloc(n, h->ld);
-    unsigned long long s = seed;
-    for (size_t i = 0; i < n; i++)
-        for (size_t t = 0; t < d; t++) {
-            h->q[i * h->ld + t] = (float)urand(&s);
-            h->k[i * h->ld + t] = (float)(urand(&s) + 0.6 + 0.1 * t);
-            h->v[i * h->ld + t] = (float)urand(&s);
-            h->dout[i * h->ld + t] = (float)urand(&s);
-        }
-    h->s = (ag_attn_shape){.n = n, .d_head = d, .ld = h->ld, .causal = causal,
-                           .scale = (float)(1 / sqrt((double)d)), .cancel = NULL};
-    double R0 = ag_attn_score_bound(&h->s, h->q, h->k);
-    float f = R0 > 0 ? (float)sqrt(R / R0) : 1.0f;
-    for (size_t i = 0; i < n; i++)
-        for (size_t t = 0; t < d; t++) {
-            h->q[i * h->ld + t] *= f;
-            h->k[i * h->ld + t] *= f;
-        }
-}
-
-static void head_free(head *h)
-{
-    free(h->q);
-    free(h->k);
-    free(h->v);
-    free(h->dout);
-}
-
-static double *to_double(const float *x, size_t n, size_t d, size_t ld)
-{
-    double *y = malloc(n * d * sizeof *y);
-    for (size_t i = 0; i < n; i++)
-        for (size_t t = 0; t < d; t++) y[i * d + t] = x[i * ld + t];
-    return y;
-}
 
 /* ---- double references on full n x n matrices ------------------------------------------ */
 
@@ -306,7 +236,7 @@ static void target_case(size_t n, size_t d, int causal, double R, int g, unsigne
     ref_grads t = ref_formula(&h, plan.coef, g, chunk);
     double eq = rel_err(&h, r.dq, t.dq), ek = rel_err(&h, r.dk, t.dk), ev = rel_err(&h, r.dv, t.dv);
     double wk = rel_err(&h, r.dk, t.wdk), wv = rel_err(&h, r.dv, t.wdv);
-    if (verbose())
+    if (mcase_verbose())
         fprintf(stderr, "target n=%zu d=%zu causal=%d R=%g g=%d r=%zu: dq %.2e dk %.2e dv %.2e; "
                 "transposeless dk %.2f dv %.2f\n", n, d, causal, R, g, plan.report.rank, eq, ek,
                 ev, wk, wv);
@@ -391,7 +321,7 @@ START_TEST(test_within_bound_of_exact)
                 double R = di == 2 ? 1.0 : 2.0;
                 route_errs e = exact_case(300, ds[di], causal, R, 0, eps[ei], 10 + di);
                 double b = e.bound, p = max3(e.dq, e.dk, e.dv), f = max3(e.fq, e.fk, e.fv);
-                if (verbose())
+                if (mcase_verbose())
                     fprintf(stderr, "exact d=%zu causal=%d eps=%g bound %.2e: paper dq %.2e dk "
                             "%.2e dv %.2e (%.2fx) | features %.2e (%.2fx) | paper-features "
                             "%.2e\n", ds[di], causal, eps[ei], b, e.dq, e.dk, e.dv, p / b, f,
@@ -406,7 +336,7 @@ START_TEST(test_within_bound_of_exact)
                 sum_features += f / b;
                 worst = fmax(worst, p / b);
             }
-    if (verbose())
+    if (mcase_verbose())
         fprintf(stderr, "mean error / bound: paper %.2f features %.2f; worst paper %.2f\n",
                 sum_paper / 18, sum_features / 18, worst);
     /* the paper's route approximates e^s where the features route differentiates p */
@@ -422,7 +352,7 @@ START_TEST(test_error_decreases_with_degree)
         route_errs prev = {0};
         for (int g = 2; g <= 7; g++) {
             route_errs e = exact_case(160, 4, causal, 1.2, g, 0, 21);
-            if (verbose())
+            if (mcase_verbose())
                 fprintf(stderr, "degree causal=%d g=%d bound %.2e: paper dq %.2e dk %.2e dv %.2e"
                         " | features dq %.2e dk %.2e dv %.2e\n", causal, g, e.bound, e.dq, e.dk,
                         e.dv, e.fq, e.fk, e.fv);
