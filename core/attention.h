@@ -20,6 +20,12 @@ typedef struct {
     const atomic_int *cancel; /* may be NULL */
 } ag_attn_shape;
 
+/* Non-zero once the shape's cancel flag (if any) is raised; kernels check it between blocks. */
+static inline int ag_attn_cancelled(const ag_attn_shape *s)
+{
+    return s->cancel && atomic_load_explicit(s->cancel, memory_order_relaxed);
+}
+
 /* ---- exact (core/attention_exact.c) ---------------------------------------------------- */
 
 /* o = softmax(c q k^T [+mask]) v. lse [n]: each row's log-sum-exp of the scaled scores, kept

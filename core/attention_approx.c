@@ -463,11 +463,6 @@ static void ws_free(approx_ws *w)
     memset(w, 0, sizeof *w);
 }
 
-static int cancelled(const ag_attn_shape *s)
-{
-    return s->cancel && atomic_load_explicit(s->cancel, memory_order_relaxed);
-}
-
 static ag_status cancel_error(ag_error *err)
 {
     return ag_error_set(err, AG_ERR_CANCELLED, "", "cancelled");
@@ -917,7 +912,7 @@ static ag_status forward_run(const ag_approx_head *h, approx_ws *w, const float 
     zero(w->Sw, r * dv1);
     if (!causal) {
         for (size_t j0 = 0; j0 < n; j0 += C) {
-            if (cancelled(h->s)) return cancel_error(err);
+            if (ag_attn_cancelled(h->s)) return cancel_error(err);
             size_t m = n - j0 < C ? n - j0 : C;
             ag_approx_load_t(h, k, 1, j0, m, w->Xk, C);
             ag_approx_load_vp(h, v, j0, m, w->VpT);
@@ -926,7 +921,7 @@ static ag_status forward_run(const ag_approx_head *h, approx_ws *w, const float 
         reduce_state(w->S, w->Sw, w->SL, h->map.weight, dv1, r);
     }
     for (size_t i0 = 0; i0 < n; i0 += C) {
-        if (cancelled(h->s)) return cancel_error(err);
+        if (ag_attn_cancelled(h->s)) return cancel_error(err);
         size_t m = n - i0 < C ? n - i0 : C;
         ag_approx_load_t(h, q, 0, i0, m, w->Xq, C);
         if (causal) { /* the exact masked part of the chunk, then the prefix state */
@@ -1004,7 +999,7 @@ static ag_status backward_noncausal(const ag_approx_head *h, approx_ws *w, const
     for (int which = 0; which < 2; which++) {
         zero(w->SL, LANES * r * dv1);
         for (size_t i0 = 0; i0 < n; i0 += C) {
-            if (cancelled(h->s)) return cancel_error(err);
+            if (ag_attn_cancelled(h->s)) return cancel_error(err);
             size_t m = n - i0 < C ? n - i0 : C;
             if (which == 0) {
                 ag_approx_load_t(h, k, 1, i0, m, w->Xk, C);
@@ -1022,7 +1017,7 @@ static ag_status backward_noncausal(const ag_approx_head *h, approx_ws *w, const
     }
     /* pass 2: every row's feature gradient through the tree */
     for (size_t i0 = 0; i0 < n; i0 += C) {
-        if (cancelled(h->s)) return cancel_error(err);
+        if (ag_attn_cancelled(h->s)) return cancel_error(err);
         size_t m = n - i0 < C ? n - i0 : C;
         st = load_chunk(h, w, q, k, v, o, row_stat, dout, i0, m, err);
         if (st != AG_OK) return st;
@@ -1046,7 +1041,7 @@ static ag_status backward_causal(const ag_approx_head *h, approx_ws *w, const fl
     zero(w->S, r * dv1);
     zero(w->Sw, r * dv1);
     for (size_t i0 = 0; i0 < n; i0 += C) {
-        if (cancelled(h->s)) return cancel_error(err);
+        if (ag_attn_cancelled(h->s)) return cancel_error(err);
         size_t m = n - i0 < C ? n - i0 : C;
         st = load_chunk(h, w, q, k, v, o, row_stat, dout, i0, m, err);
         if (st != AG_OK) return st;
@@ -1062,7 +1057,7 @@ static ag_status backward_causal(const ag_approx_head *h, approx_ws *w, const fl
     zero(w->Dw, r * dv1);
     for (size_t c = (n + C - 1) / C; c-- > 0;) {
         size_t i0 = c * C;
-        if (cancelled(h->s)) return cancel_error(err);
+        if (ag_attn_cancelled(h->s)) return cancel_error(err);
         size_t m = n - i0 < C ? n - i0 : C;
         st = load_chunk(h, w, q, k, v, o, row_stat, dout, i0, m, err);
         if (st != AG_OK) return st;

@@ -37,11 +37,6 @@
 #define AG_ATTN_BK 512
 #endif
 
-static int cancelled(const ag_attn_shape *s)
-{
-    return s->cancel && atomic_load_explicit(s->cancel, memory_order_relaxed);
-}
-
 static ag_status check_shape(const ag_attn_shape *s, const void *a, const void *b,
                              const void *c, ag_error *err)
 {
@@ -232,7 +227,7 @@ ag_status ag_attn_exact_forward_rows(const ag_attn_shape *s, size_t r0, size_t r
     pack(kp, k, n, d, ld);
 
     for (size_t i0 = r0; i0 < r1; i0 += bq) {
-        if (cancelled(s)) {
+        if (ag_attn_cancelled(s)) {
             free(buf);
             return ag_error_set(err, AG_ERR_CANCELLED, "", "cancelled");
         }
@@ -358,7 +353,7 @@ static ag_status backward(const ag_attn_shape *s, size_t r0, size_t r1, const fl
     }
 
     for (size_t i0 = r0; i0 < r1; i0 += bq) {
-        if (cancelled(s)) {
+        if (ag_attn_cancelled(s)) {
             free(buf);
             return ag_error_set(err, AG_ERR_CANCELLED, "", "cancelled");
         }

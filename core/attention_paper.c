@@ -161,11 +161,6 @@ static void ws_free(paper_ws *w)
     memset(w, 0, sizeof *w);
 }
 
-static int cancelled(const ag_attn_shape *s)
-{
-    return s->cancel && atomic_load_explicit(s->cancel, memory_order_relaxed);
-}
-
 /* ---- chunk loads ----------------------------------------------------------------------- */
 
 /* F [r][C] = the monomials of the chunk's rows (columns of xt [d][C]), times the weights for
@@ -347,14 +342,14 @@ static ag_status sweep_dq(const ag_approx_head *h, paper_ws *w, const paper_io *
     memset(w->St, 0, h->r * (h->d + 1) * T * sizeof(float));
     if (!h->s->causal) {
         for (size_t j0 = 0; j0 < n; j0 += C) {
-            if (cancelled(h->s)) return cancel_error(err);
+            if (ag_attn_cancelled(h->s)) return cancel_error(err);
             size_t m = n - j0 < C ? n - j0 : C;
             load_keys(h, w, io, j0, m);
             features(h, w->Xk, m, 0, w->F);
             state_add(h, w, w->VpT, w->Xk, t0, T, m);
         }
         for (size_t i0 = 0; i0 < n; i0 += C) {
-            if (cancelled(h->s)) return cancel_error(err);
+            if (ag_attn_cancelled(h->s)) return cancel_error(err);
             size_t m = n - i0 < C ? n - i0 : C;
             if ((st = load_queries(h, w, io, i0, m, err)) != AG_OK) return st;
             features(h, w->Xq, m, 1, w->F);
@@ -364,7 +359,7 @@ static ag_status sweep_dq(const ag_approx_head *h, paper_ws *w, const paper_io *
         return AG_OK;
     }
     for (size_t i0 = 0; i0 < n; i0 += C) {
-        if (cancelled(h->s)) return cancel_error(err);
+        if (ag_attn_cancelled(h->s)) return cancel_error(err);
         size_t m = n - i0 < C ? n - i0 : C;
         if ((st = load_queries(h, w, io, i0, m, err)) != AG_OK) return st;
         load_keys(h, w, io, i0, m);
@@ -393,14 +388,14 @@ static ag_status sweep_dkv(const ag_approx_head *h, paper_ws *w, const paper_io 
     memset(w->St, 0, h->r * (h->d + 1) * T * sizeof(float));
     if (!h->s->causal) {
         for (size_t i0 = 0; i0 < n; i0 += C) {
-            if (cancelled(h->s)) return cancel_error(err);
+            if (ag_attn_cancelled(h->s)) return cancel_error(err);
             size_t m = n - i0 < C ? n - i0 : C;
             if ((st = load_queries(h, w, io, i0, m, err)) != AG_OK) return st;
             features(h, w->Xq, m, 1, w->F);
             state_add(h, w, w->GT, w->Xq, t0, T, m);
         }
         for (size_t j0 = 0; j0 < n; j0 += C) {
-            if (cancelled(h->s)) return cancel_error(err);
+            if (ag_attn_cancelled(h->s)) return cancel_error(err);
             size_t m = n - j0 < C ? n - j0 : C;
             load_keys(h, w, io, j0, m);
             features(h, w->Xk, m, 0, w->F);
@@ -410,7 +405,7 @@ static ag_status sweep_dkv(const ag_approx_head *h, paper_ws *w, const paper_io 
         return AG_OK;
     }
     for (size_t c = nchunks; c-- > 0;) {
-        if (cancelled(h->s)) return cancel_error(err);
+        if (ag_attn_cancelled(h->s)) return cancel_error(err);
         size_t i0 = c * C, m = n - i0 < C ? n - i0 : C;
         if ((st = load_queries(h, w, io, i0, m, err)) != AG_OK) return st;
         load_keys(h, w, io, i0, m);
