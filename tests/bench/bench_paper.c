@@ -11,6 +11,7 @@
  *   bench_paper --header       the CSV header
  *   bench_paper --theirs       their published table (constants below) as CSV
  *   bench_paper --corename     OpenBLAS's kernel family
+ *   bench_paper --sgemm        one thread's sgemm GFLOP/s (square 1024, best of 5)
  *   bench_paper D [REPS [THREADS [MAX_DEGREE [DATA_DIR]]]]
  *       one CSV row per configuration at d = D (4..12). Inputs: DATA_DIR/paper_d{D}_{q,k,v}.f32
  *       (raw float32 [n, d], written by bench_paper_torch.py --dump: exactly their tensors,
@@ -584,10 +585,38 @@ static void run_d(int d, int reps, int threads, int max_degree, const char *data
     free(b.dv_part);
 }
 
+/* One thread's sgemm rate on a square 1024 product, best of 5: the peak that a lower bound
+ * on any rank-r kernel's time may assume (bench_paper.sh, table 5). */
+static double sgemm_gflops(void)
+{
+    const int m = 1024;
+    float *a = xcalloc((size_t)m * m, sizeof(float)), *b = xcalloc((size_t)m * m, sizeof(float));
+    float *c = xcalloc((size_t)m * m, sizeof(float));
+    unsigned long long seed = 1;
+    fill_gauss(a, (size_t)m * m, 1, &seed);
+    fill_gauss(b, (size_t)m * m, 1, &seed);
+    double best = 1e30;
+    for (int it = 0; it < 6; it++) {
+        double t0 = now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, m, m, 1.0f, a, m, b, m, 0.0f,
+                    c, m);
+        double t = now() - t0;
+        if (it > 0 && t < best) best = t;
+    }
+    free(a);
+    free(b);
+    free(c);
+    return 2.0 * m * m * m / best / 1e9;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 2 && !strcmp(argv[1], "--header")) {
         puts(HEADER);
+        return 0;
+    }
+    if (argc == 2 && !strcmp(argv[1], "--sgemm")) {
+        printf("%.1f\n", sgemm_gflops());
         return 0;
     }
     if (argc == 2 && !strcmp(argv[1], "--corename")) {
@@ -606,7 +635,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (argc < 2 || argc > 6) {
-        fprintf(stderr, "usage: bench_paper --header | --theirs | --corename | "
+        fprintf(stderr, "usage: bench_paper --header | --theirs | --corename | --sgemm | "
                 "D [REPS [THREADS [MAX_DEGREE [DATA_DIR]]]]\n");
         return 2;
     }

@@ -9,7 +9,10 @@
 #      BENCH_THREADS threads), degree-2 Taylor and higher Taylor degrees toward the goal target,
 #      the epsilon 1e-3 selection; forward, and forward + backward with dq, dk, dv errors
 #      -> $BENCH_OUT/paper.csv
-#   3. tables beside THEIR published numbers (constants in bench_paper.c, --theirs)
+#   3. the rank floor (tests/bench/bench_paper_rank.py, torch, float64): the smallest rank at
+#      which the best rank-r approximation there is (truncated SVD) meets the goal target
+#      -> $BENCH_OUT/paper_rank.csv (d <= 9 by default)
+#   4. tables beside THEIR published numbers (constants in bench_paper.c, --theirs)
 #      -> printed, and $BENCH_OUT/paper_table.md
 #
 #   BENCH_PAPER_DS      values of d (default "4 5 6 7 8 9 10 11 12"; n = 10 * 2^d)
@@ -17,7 +20,9 @@
 #                       3 for runs over 1 s, 1 over 4 s)
 #   BENCH_THREADS       second thread count for exact (default 2; the approximate kernel
 #                       runs one head on one thread)
-#   BENCH_PAPER_TORCH   0 skips step 1 (altgrad then draws its own inputs)
+#   BENCH_PAPER_TORCH   0 skips steps 1 and 3 (altgrad then draws its own inputs)
+#   BENCH_PAPER_RANK_MAX_N  largest n for step 3 (default 5120, d <= 9, about 2 minutes;
+#                       10240 adds d = 10: 14 minutes, 6 GiB)
 set -euo pipefail
 
 BUILD=${ALTGRAD_BUILD:-build}
@@ -70,11 +75,24 @@ done
 
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# ---- 3. tables -----------------------------------------------------------------------------
-"$PY" - "$CSV" "$THEIRS" "$TORCH" "$THREADS" > "$OUT/paper_table.md" << 'EOF'
-import csv, os, sys
+# ---- 4. the rank floor -------------------------------------------------------------------
+# The best rank-r approximation there is (truncated SVD of the whole n x n matrix, float64):
+# the smallest r meeting the goal target bounds every low-rank method from below. Needs torch
+# and O(n^2) memory and time: by default d <= 9.
+RANK=$OUT/paper_rank.csv
+SGEMM=$("$BIN" --sgemm)
+rm -f "$RANK"
+if [ "${BENCH_PAPER_TORCH:-1}" != 0 ] && "$PY" -c 'import torch' 2> /dev/null; then
+  echo "== the rank floor (truncated SVD): $RANK; sgemm here: $SGEMM GFLOP/s per thread"
+  "$PY" tests/bench/bench_paper_rank.py --ds "$DS" --data "$DATA" --max-n "${BENCH_PAPER_RANK_MAX_N:-5120}" \
+    | tee "$RANK"
+fi
 
-ours_path, theirs_path, torch_path, threads = sys.argv[1:5]
+# ---- 5. tables -----------------------------------------------------------------------------
+"$PY" - "$CSV" "$THEIRS" "$TORCH" "$THREADS" "$RANK" "$SGEMM" > "$OUT/paper_table.md" << 'EOF'
+import csv, math, os, sys
+
+ours_path, theirs_path, torch_path, threads, rank_path, sgemm = sys.argv[1:7]
 ours = list(csv.DictReader(open(ours_path)))
 theirs = {int(r['d']): r for r in csv.DictReader(open(theirs_path))}
 torch = {}
@@ -234,6 +252,55 @@ for d in ds:
 table(['d', 'target %', 'fastest altgrad config meeting it', 'its max err %', 'fwd+bwd ms',
        'THEIR approx ms', 'goal (vs THEIR published)', 'their approx here ms',
        'vs their code here', 'Taylor degree needed'], body)
+
+ranks = {}
+if os.path.exists(rank_path):
+    ranks = {int(r['d']): r for r in csv.DictReader(open(rank_path))}
+if ranks:
+    print('### 5. The floor: the best rank-r approximation there is')
+    print()
+    print('"SVD rank": the smallest r at which the truncated SVD of the whole n x n matrix (the '
+          'best rank-r approximation, Eckart-Young; float64, computed from A itself, so no '
+          'sub-quadratic method can find it) meets the target, errors by the softmax formulas '
+          '(max over O, dQ, dK, dV). "Taylor (P~)": the first Taylor degree meeting it with the '
+          'same formulas (the paper route\'s reading); "altgrad (features)": the first degree '
+          'meeting it in table 4\'s sweep (its dQ, dK see p\'). "Nystrom": k-means landmarks for '
+          'keys and queries, O(n r), the gradient of its forward (autograd), max error at 1x '
+          'and 4x the SVD rank ("-" past n / 2). "altgrad at the SVD rank": the '
+          'measured features-route fwd+bwd time interpolated (log-log in rank) to that rank. '
+          f'"flop floor": 12 n r d flops (six rank-r products of width d, nothing else) at '
+          f'{threads} x {float(sgemm):.0f} GFLOP/s (this machine\'s 1-thread sgemm peak).')
+    print()
+    body = []
+    for d in ds:
+        rk = ranks.get(d)
+        if not rk:
+            continue
+        t = theirs[d]; n = int(t['n']); r = int(rk['svd_min_rank'])
+        tay = sorted(((int(x['rank']), f(x['fwdbwd_ms'])) for x in rows(d, 'taylor')
+                      if f(x['fwdbwd_ms'])), key=lambda p: p[0])
+        est = None
+        if len(tay) >= 2:
+            lo = max([p for p in tay if p[0] <= r] or [tay[0]], key=lambda p: p[0])
+            hi = min([p for p in tay if p[0] > r] or [tay[-1]], key=lambda p: p[0])
+            if lo == hi:
+                lo, hi = (tay[0], tay[1]) if r < tay[0][0] else (tay[-2], tay[-1])
+            w = (math.log(r) - math.log(lo[0])) / (math.log(hi[0]) - math.log(lo[0]))
+            est = math.exp(math.log(lo[1]) + w * (math.log(hi[1]) - math.log(lo[1])))
+        hit = [x for x in rows(d, 'taylor') if f(x['max_err_pct']) is not None
+               and f(x['max_err_pct']) <= f(rk['target_pct'])]
+        feat = f"T{hit[0]['degree']}: {hit[0]['rank']}" if hit else '> swept'
+        floor = 12.0 * n * r * d / (int(threads) * float(sgemm) * 1e9) * 1e3
+        tr = f"T{rk['taylor_degree']}: {rk['taylor_rank']}" if rk['taylor_rank'] else '> T12'
+        nys = ' / '.join(fmt(f(rk.get(c))) for c in ('nystrom_err_pct_at_1x',
+                                                       'nystrom_err_pct_at_4x'))
+        body.append([str(d), str(n), rk['target_pct'], f"{r} ({rk['svd_err_pct']} %)", tr,
+                     feat, fmt(int(rk['taylor_rank']) / r) if rk['taylor_rank'] else '-', nys,
+                     fmt(est), fmt(floor), t['cpu_approx_ms']])
+    table(['d', 'n', 'target %', 'SVD rank (its err)', 'Taylor (P~): rank',
+           'altgrad (features): rank', 'Taylor (P~) / SVD rank',
+           'Nystrom err % at 1x / 4x the SVD rank', 'altgrad at the SVD rank, est. ms',
+           'flop floor at the SVD rank, ms', 'THEIR approx ms'], body)
 EOF
 echo
 cat "$OUT/paper_table.md"
