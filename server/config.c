@@ -57,6 +57,9 @@ static const opt_def opts[] = {
      "limit; default 0)"},
     {"connection-timeout", "ALTGRAD_CONNECTION_TIMEOUT", OPT_UINT, OFF(connection_timeout_s), 0,
      1, 86400, "seconds an idle or stalled connection is kept (default 30)"},
+    {"body-min-rate", "ALTGRAD_BODY_MIN_RATE", OPT_SIZE, OFF(body_min_rate), 0, 0, 0,
+     "bytes/s a request body must average: it is due within --connection-timeout plus its "
+     "size at this rate, else the connection is closed (0 = no deadline; default 1K)"},
     {"drain-timeout", "ALTGRAD_DRAIN_TIMEOUT", OPT_SECONDS, OFF(drain_timeout_s), 0, 0, 86400,
      "on SIGTERM/SIGINT, seconds in-flight jobs may finish before they are cancelled "
      "(default 30)"},
@@ -106,6 +109,7 @@ void srv_config_defaults(srv_config *cfg)
     cfg->max_connections = 512;
     cfg->max_connections_per_ip = 0;
     cfg->connection_timeout_s = 30;
+    cfg->body_min_rate = 1024;
     cfg->drain_timeout_s = 30;
     cfg->log_format = LOG_FORMAT_TEXT;
     cfg->calibrate = 1;

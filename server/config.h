@@ -20,6 +20,8 @@ typedef struct {
     int max_connections;
     int max_connections_per_ip; /* 0 = unlimited */
     unsigned connection_timeout_s; /* idle connection timeout */
+    size_t body_min_rate;      /* bytes/s a body must average past the first connection_timeout_s;
+                                  0 = no deadline */
     double drain_timeout_s;    /* SIGTERM: time given to in-flight work before it is cancelled */
     char tokens_file[1024];    /* "" = no authentication */
     char tls_cert[1024];       /* PEM files; both or neither */

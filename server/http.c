@@ -58,18 +58,22 @@ static void on_mhd_io(uv_poll_t *p, int status, int events)
     http_pump(p->data);
 }
 
-/* ---- the header deadline --------------------------------------------------------------- */
+/* ---- the header and body deadlines ----------------------------------------------------- */
 
 /* One per open connection (libmicrohttpd's socket context). A connection is "waiting" from
  * its accept, and again from the end of each response, until the headers of its next request
  * are in; waiting longer than --connection-timeout gets it closed, however slowly it keeps
- * sending. Requests in progress (body upload, compute, response) are under the idle timeout
- * only. */
+ * sending. Its body is then due within --connection-timeout plus its size at
+ * --body-min-rate (Apache mod_reqtimeout's rule): trickled bytes reset libmicrohttpd's idle
+ * timeout, so without this a body sent a byte at a time would hold the connection and its
+ * budget reservation forever. Compute and the response are under the idle timeout only. */
 struct http_conn {
     struct http_conn *prev, *next;
     MHD_socket fd;
-    uint64_t since;   /* ns: accepted, or its last response ended */
+    uint64_t since;   /* ns: accepted, or its last response ended; in a body: headers done */
+    uint64_t body_bytes; /* of the request whose body is being received */
     int in_request;   /* headers complete, request not finished */
+    int in_body;      /* headers complete, body not yet complete */
     int cut;          /* shut down by the sweep; libmicrohttpd closes it next */
 };
 
@@ -105,24 +109,38 @@ static struct http_conn *conn_of(struct MHD_Connection *c)
     return ci ? ci->socket_context : NULL;
 }
 
+/* ns by which the connection's current phase must be over; UINT64_MAX when it has none. */
+static uint64_t conn_deadline(const server *srv, const struct http_conn *hc)
+{
+    uint64_t limit = (uint64_t)srv->cfg.connection_timeout_s * 1000000000ull;
+    if (!hc->in_request) return hc->since + limit;
+    if (!hc->in_body || srv->cfg.body_min_rate == 0) return UINT64_MAX;
+    double credit = (double)hc->body_bytes / (double)srv->cfg.body_min_rate * 1e9;
+    if (credit >= 1e18) return UINT64_MAX;
+    return hc->since + limit + (uint64_t)credit;
+}
+
 void http_sweep(server *srv, uint64_t now)
 {
     if (!srv->mhd || srv->stopped) return;
-    uint64_t limit = (uint64_t)srv->cfg.connection_timeout_s * 1000000000ull;
-    size_t n = 0;
+    size_t n_head = 0, n_body = 0;
     for (struct http_conn *hc = srv->conns; hc; hc = hc->next) {
-        if (hc->in_request || hc->cut || now < hc->since || now - hc->since <= limit) continue;
+        if (hc->cut || now <= conn_deadline(srv, hc)) continue;
         /* libmicrohttpd has no call to close a connection; a shut-down socket reads as end of
          * input on its next event, and it closes the connection itself. */
         shutdown(hc->fd, SHUT_RDWR);
         hc->cut = 1;
-        n++;
+        if (hc->in_request) n_body++;
+        else n_head++;
     }
-    if (n) {
+    if (n_head)
         srv_log("warn", "closed %zu connections that sent no complete request headers within "
-                "%u s (--connection-timeout)", n, srv->cfg.connection_timeout_s);
-        http_pump(srv);
-    }
+                "%u s (--connection-timeout)", n_head, srv->cfg.connection_timeout_s);
+    if (n_body)
+        srv_log("warn", "closed %zu connections whose request body came slower than %zu "
+                "bytes/s after the first %u s (--body-min-rate, --connection-timeout)", n_body,
+                srv->cfg.body_min_rate, srv->cfg.connection_timeout_s);
+    if (n_head || n_body) http_pump(srv);
 }
 
 size_t http_connections(server *srv)
@@ -337,7 +355,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         if (!r) return MHD_NO; /* out of memory: drop this connection, keep the others */
         *con_cls = r;
         struct http_conn *hc = conn_of(c);
-        if (hc) hc->in_request = 1;
+        if (hc) {
+            hc->in_request = 1;
+            hc->in_body = 1;
+            hc->body_bytes = 0;
+            hc->since = uv_hrtime();
+        }
         r->srv = srv;
         r->conn = c;
         r->t_start = uv_hrtime();
@@ -355,6 +378,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         return MHD_YES;
     }
     if (*upload_size) {
+        struct http_conn *hc = conn_of(c);
+        if (hc) hc->body_bytes += *upload_size;
         if (r->drain_body) {
             r->bytes_in += *upload_size;
             if (r->bytes_in > HTTP_DRAIN_MAX) return MHD_NO; /* endless chunked body */
@@ -364,6 +389,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         *upload_size = 0;
         return MHD_YES;
     }
+    struct http_conn *hc = conn_of(c);
+    if (hc) hc->in_body = 0; /* the body is complete: compute and response are not timed */
     if (r->pending) {
         struct MHD_Response *resp = r->pending;
         r->pending = NULL;
@@ -401,6 +428,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     struct http_conn *hc = conn_of(c);
     if (hc) {
         hc->in_request = 0;
+        hc->in_body = 0;
         hc->since = uv_hrtime(); /* the next request's headers are due from now */
     }
     http_req *r = *con_cls;

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Hostile clients against a real altgradd on 127.0.0.1 (issue 8), each phase bounded in
 time: slowloris (connections trickling their headers a byte at a time), idle keep-alive
-connections, uploads abandoned half-way (closed, or stalled), and clients that never read a
-large response. Throughout, a probe client must be served within its normal latency, the
+connections, uploads abandoned half-way (closed, or stalled), slow bodies (complete headers,
+then a byte at a time: cut by the --body-min-rate deadline, while an honest upload slower than
+--connection-timeout completes), and clients that never read a large response. Throughout, a probe client must be served within its normal latency, the
 server's RSS must stay under a stated bound, the memory budget must return to zero, and
 every hostile connection must be closed by the server within --connection-timeout (plus the
 sweep's slack) of its last useful byte. Numbers are printed for docs/hardening.md.
@@ -17,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from hardening_lib import (Server, build, dumps, make_request, metric_sum, metrics,  # noqa
-                           raw, request, sanitized)
+                           raw, recv_response, request, sanitized)
 
 TIMEOUT_S = 3             # --connection-timeout of the server under test
 RSS_BOUND = 400 << 20     # asserted: the server's RSS never goes above this
@@ -219,6 +220,79 @@ def main():
                  (used_mid, n_half))
         if used_after != 0:
             fail("half uploads: %.0f bytes of the memory budget never released" % used_after)
+
+        # ---- slow bodies ("R-U-Dead-Yet"): complete headers, then a byte every 0.25 s -------
+        # Each byte resets the idle timeout; the body deadline (--connection-timeout plus the
+        # bytes at --body-min-rate, 1 KiB/s by default) must cut them. Beside them an honest
+        # client uploads a valid request at ~12 KiB/s for longer than --connection-timeout and
+        # must get its answer.
+        n_rudy = 40
+        rudy = []
+        head = build("POST", "/v1/gradients", None,
+                     {"Content-Type": "application/json", "Content-Length": str(1 << 20)})
+        for _ in range(n_rudy):
+            s = connect(srv.port)
+            s.sendall(head + b"[")
+            rudy.append(s)
+        honest_body = dumps(make_request(d=32, heads=2, ff=64, n=48, seed=5)).encode()
+        honest = {}
+
+        def honest_upload():
+            steps = int((TIMEOUT_S + 1.5) / 0.1)
+            piece = -(-len(honest_body) // steps)
+            t0 = time.time()
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+                s.sendall(build("POST", "/v1/gradients", None,
+                                {"Content-Type": "application/json",
+                                 "Content-Length": str(len(honest_body))}))
+                for i in range(0, len(honest_body), piece):
+                    s.sendall(honest_body[i:i + piece])
+                    time.sleep(0.1)
+                honest["upload_s"] = time.time() - t0
+                honest["resp"], _ = recv_response(s, 30)
+        halt = threading.Event()
+        cut = []
+
+        def trickle_body():
+            while not halt.is_set():
+                for s in list(rudy):
+                    try:
+                        s.send(b"0")
+                    except OSError:
+                        rudy.remove(s)
+                        cut.append(time.time())
+                halt.wait(0.25)
+        t_start = time.time()
+        threads = [threading.Thread(target=trickle_body, daemon=True),
+                   threading.Thread(target=honest_upload, daemon=True)]
+        for th in threads:
+            th.start()
+        probe_during(srv, small, TIMEOUT_S + 3.0, "slow bodies x%d" % n_rudy)
+        halt.set()
+        for th in threads:
+            th.join(30)
+        if rudy:
+            fail("slow bodies: %d of %d still open after %.1f s (--connection-timeout %d, "
+                 "--body-min-rate 1K)" % (len(rudy), n_rudy, time.time() - t_start, TIMEOUT_S))
+        else:
+            print("  slow bodies: all %d cut, the last %.1f s after it started" %
+                  (n_rudy, max(cut) - t_start), flush=True)
+        for s in rudy:
+            s.close()
+        r = honest.get("resp")
+        if r is None or r.status != 200:
+            fail("slow bodies: the honest %d-byte upload got %s" %
+                 (len(honest_body), r.status if r else "no answer"))
+        elif honest["upload_s"] <= TIMEOUT_S:
+            fail("slow bodies: the honest upload took %.1f s, not longer than "
+                 "--connection-timeout" % honest["upload_s"])
+        else:
+            print("  slow bodies: an honest %d-byte upload over %.1f s got 200" %
+                  (len(honest_body), honest["upload_s"]), flush=True)
+        time.sleep(0.3)
+        if budget_used(srv.port) != 0:
+            fail("slow bodies: %.0f bytes of the memory budget never released" %
+                 budget_used(srv.port))
 
         # ---- clients that never read a large response --------------------------------------
         # Cheap to compute, large to answer (~3 MB: the weight gradients of d_model 256), so

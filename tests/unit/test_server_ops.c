@@ -357,7 +357,8 @@ START_TEST(test_flags)
                                 "--queue", "--max-body", "--timeout", "--job-ttl",
                                 "--tokens-file", "--tls-cert", "--tls-key", "--log-format",
                                 "--drain-timeout", "--memory-limit", "--port-file",
-                                "--max-connections", "--connection-timeout", "Threads"};
+                                "--max-connections", "--connection-timeout", "--body-min-rate",
+                                "Threads"};
     for (size_t i = 0; i < sizeof documented / sizeof documented[0]; i++)
         ck_assert_msg(strstr(out, documented[i]), "--help lacks %s", documented[i]);
     /* Each would fail before listening; the listen address keeps a failure to fail from
@@ -365,6 +366,7 @@ START_TEST(test_flags)
     const char *bad[][6] = {
         {"--workers", "0"}, {"--bogus", "1"}, {"--log-format", "xml"}, {"--max-body", "12Q"},
         {"--timeout", "-1"}, {"--queue", "1.5"}, {"--node-id", "a/b"},
+        {"--body-min-rate", "fast"},
         {"--listen", "nonsense"},
         {"--tls-cert", "/nonexistent.pem"},
         {"--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"},
