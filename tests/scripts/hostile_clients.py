@@ -124,6 +124,19 @@ def wait_closed(socks, deadline, what):
     return len(socks) - len(open_)
 
 
+def trickle(socks, byte, halt, cut):
+    """Sends byte on every socket each 0.25 s until halt; a socket the server closed moves
+    from socks to the time it was found cut (cut)."""
+    while not halt.is_set():
+        for s in list(socks):
+            try:
+                s.send(byte)
+            except OSError:
+                socks.remove(s)
+                cut.append(time.time())
+        halt.wait(0.25)
+
+
 def connect(port, rcvbuf=None):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf:
@@ -156,18 +169,8 @@ def main():
             slow.append(s)
         halt = threading.Event()
         cut = []
-
-        def trickle():
-            while not halt.is_set():
-                for s in list(slow):
-                    try:
-                        s.send(b"a")
-                    except OSError:
-                        slow.remove(s)
-                        cut.append(time.time())
-                halt.wait(0.25)
         t_start = time.time()
-        th = threading.Thread(target=trickle, daemon=True)
+        th = threading.Thread(target=trickle, args=(slow, b"a", halt, cut), daemon=True)
         th.start()
         probe_during(srv, small, TIMEOUT_S + 3.0, "slowloris x%d" % n_slow)
         halt.set()
@@ -252,18 +255,8 @@ def main():
                 honest["resp"], _ = recv_response(s, 30)
         halt = threading.Event()
         cut = []
-
-        def trickle_body():
-            while not halt.is_set():
-                for s in list(rudy):
-                    try:
-                        s.send(b"0")
-                    except OSError:
-                        rudy.remove(s)
-                        cut.append(time.time())
-                halt.wait(0.25)
         t_start = time.time()
-        threads = [threading.Thread(target=trickle_body, daemon=True),
+        threads = [threading.Thread(target=trickle, args=(rudy, b"0", halt, cut), daemon=True),
                    threading.Thread(target=honest_upload, daemon=True)]
         for th in threads:
             th.start()
