@@ -74,17 +74,26 @@ ag_status ag_head_plan_choose(const ag_method *method, size_t d_head, size_t n, 
                               ag_head_plan *plan, ag_error *err);
 
 /* Approximate forward under plan (report.method == AG_METHOD_APPROX). row_stat [n]: the
- * denominators, kept for the backward. */
+ * denominators, kept for the backward. state: NULL, or ag_attn_approx_state_floats() floats
+ * (owned by the caller) that receive the keys' state for the backward; left untouched when
+ * causal (the backward needs the prefix states, which it rebuilds). */
 ag_status ag_attn_approx_forward(const ag_attn_shape *s, const ag_head_plan *plan,
                                  const float *q, const float *k, const float *v, float *o,
-                                 float *row_stat, ag_error *err);
+                                 float *row_stat, float *state, ag_error *err);
 
 /* Gradient of the approximate forward (route features) or the paper's Algorithm 1 (route
- * paper); accumulates into dq, dk, dv. */
+ * paper); accumulates into dq, dk, dv. state: NULL (the keys' state is rebuilt, one more
+ * pass over the keys), or what ag_attn_approx_forward wrote for these same q, k, v and plan;
+ * the gradients are bitwise the same either way. Route paper and causal heads ignore it. */
 ag_status ag_attn_approx_backward(const ag_attn_shape *s, const ag_head_plan *plan,
                                   const float *q, const float *k, const float *v,
-                                  const float *o, const float *row_stat, const float *dout,
-                                  float *dq, float *dk, float *dv, ag_error *err);
+                                  const float *o, const float *row_stat, const float *state,
+                                  const float *dout, float *dq, float *dk, float *dv,
+                                  ag_error *err);
+
+/* Floats of the state ag_attn_approx_forward can keep for a non-causal head of width d_head
+ * at this rank: rank (d_head + 1); 0 when causal; SIZE_MAX on overflow. */
+size_t ag_attn_approx_state_floats(size_t d_head, size_t rank, int causal);
 
 /* Upper bound of the bytes one approximate forward or backward call allocates for a head of
  * width d_head at this rank (independent of n: features are made per block of rows).

@@ -406,6 +406,13 @@ static size_t ws_floats(size_t d, size_t r, size_t C, int causal)
            (causal ? 3 * C * C : 0) + 2 * pad16(d) /* ksum, as doubles */;
 }
 
+size_t ag_attn_approx_state_floats(size_t d_head, size_t rank, int causal)
+{
+    if (causal) return 0;
+    if (d_head == SIZE_MAX || (rank && d_head + 1 > SIZE_MAX / rank)) return SIZE_MAX;
+    return rank * (d_head + 1);
+}
+
 size_t ag_attn_approx_workspace_bytes(size_t d_head, size_t rank, int causal)
 {
     if (d_head < 1 || d_head > 4096 || rank < 1 || rank > (size_t)INT32_MAX / LANES)
@@ -1016,7 +1023,7 @@ static void add_dv(const ag_approx_head *h, float *dv, size_t i0, size_t m, cons
 
 static ag_status forward_run(const ag_approx_head *h, approx_ws *w, const float *q,
                              const float *k, const float *v, float *o, float *row_stat,
-                             ag_error *err)
+                             float *state, ag_error *err)
 {
     size_t n = h->n, C = h->B, r = h->r, dv1 = h->d + 1;
     int causal = h->s->causal;
@@ -1033,6 +1040,7 @@ static ag_status forward_run(const ag_approx_head *h, approx_ws *w, const float 
             chunk_into_state(h, w, w->Xk, w->VpT, m);
         }
         reduce_state(w->S, w->Sw, w->SL, h->map.weight, dv1, r);
+        if (state) memcpy(state, w->S, r * dv1 * sizeof *state);
     }
     for (size_t i0 = 0; i0 < n; i0 += C) {
         if (ag_attn_cancelled(h->s)) return cancel_error(err);
@@ -1060,7 +1068,7 @@ static ag_status forward_run(const ag_approx_head *h, approx_ws *w, const float 
 
 ag_status ag_attn_approx_forward(const ag_attn_shape *s, const ag_head_plan *plan,
                                  const float *q, const float *k, const float *v, float *o,
-                                 float *row_stat, ag_error *err)
+                                 float *row_stat, float *state, ag_error *err)
 {
     if (!v || !o || !row_stat)
         return ag_error_set(err, AG_ERR_INVALID, "attention", "NULL argument");
@@ -1069,7 +1077,7 @@ ag_status ag_attn_approx_forward(const ag_attn_shape *s, const ag_head_plan *pla
     if (st != AG_OK) return st;
     approx_ws w;
     st = ws_alloc(&w, &h, err);
-    if (st == AG_OK) st = forward_run(&h, &w, q, k, v, o, row_stat, err);
+    if (st == AG_OK) st = forward_run(&h, &w, q, k, v, o, row_stat, state, err);
     ws_free(&w);
     ag_approx_head_free(&h);
     return st;
@@ -1104,13 +1112,20 @@ static void store_chunk_grads(const ag_approx_head *h, approx_ws *w, size_t i0, 
 
 static ag_status backward_noncausal(const ag_approx_head *h, approx_ws *w, const float *q,
                                     const float *k, const float *v, const float *o,
-                                    const float *row_stat, const float *dout, float *dq,
-                                    float *dk, float *dv, ag_error *err)
+                                    const float *row_stat, const float *state,
+                                    const float *dout, float *dq, float *dk, float *dv,
+                                    ag_error *err)
 {
     size_t n = h->n, C = h->B, r = h->r, dv1 = h->d + 1;
     ag_status st;
-    /* pass 1: the state S' (keys), then D = sum_i m_i G_i^T (queries), one lane buffer */
-    for (int which = 0; which < 2; which++) {
+    /* pass 1: the state S' (keys; the forward's when it kept it), then D = sum_i m_i G_i^T
+     * (queries), one lane buffer */
+    if (state) {
+        memcpy(w->S, state, r * dv1 * sizeof *state);
+        for (size_t a = 0; a < r; a++)
+            for (size_t c = 0; c < dv1; c++) w->Sw[a * dv1 + c] = h->map.weight[a] * w->S[a * dv1 + c];
+    }
+    for (int which = state ? 1 : 0; which < 2; which++) {
         zero(w->SL, LANES * r * dv1);
         for (size_t i0 = 0; i0 < n; i0 += C) {
             if (ag_attn_cancelled(h->s)) return cancel_error(err);
@@ -1187,8 +1202,9 @@ static ag_status backward_causal(const ag_approx_head *h, approx_ws *w, const fl
 
 ag_status ag_attn_approx_backward(const ag_attn_shape *s, const ag_head_plan *plan,
                                   const float *q, const float *k, const float *v,
-                                  const float *o, const float *row_stat, const float *dout,
-                                  float *dq, float *dk, float *dv, ag_error *err)
+                                  const float *o, const float *row_stat, const float *state,
+                                  const float *dout, float *dq, float *dk, float *dv,
+                                  ag_error *err)
 {
     if (!plan || !v || !o || !row_stat || !dout || !dq || !dk || !dv)
         return ag_error_set(err, AG_ERR_INVALID, "attention", "NULL argument");
@@ -1201,7 +1217,8 @@ ag_status ag_attn_approx_backward(const ag_attn_shape *s, const ag_head_plan *pl
     st = ws_alloc(&w, &h, err);
     if (st == AG_OK)
         st = s->causal ? backward_causal(&h, &w, q, k, v, o, row_stat, dout, dq, dk, dv, err)
-                       : backward_noncausal(&h, &w, q, k, v, o, row_stat, dout, dq, dk, dv, err);
+                       : backward_noncausal(&h, &w, q, k, v, o, row_stat, state, dout, dq, dk,
+                                            dv, err);
     ws_free(&w);
     ag_approx_head_free(&h);
     return st;

@@ -4,16 +4,17 @@
  *   exact:   14 n^2 d  (forward q k^T and P v: 4 n^2 d; backward recomputes the scores and
  *            forms dv, dP, dq, dk: 10 n^2 d); causal skips the half above the diagonal. The
  *            n^2 exps are not counted: the measured constant absorbs them.
- *   approx:  n r (14 d + 29) for the features route as core/attention_approx.c does it:
- *            products with the states 4 r (d+1) per row forward (state, query) and
- *            8 r (d+1) + 2 r d backward (both states recomputed, dPhi, dPsi, dv); monomial
- *            trees ~2 r forward and ~12 r backward (four regenerations, two reverse sweeps).
- *            Causal adds the exact in-chunk part, C (14 d + 4) per row for chunks of C rows.
+ *   approx:  n r (12 d + 26) for the features route as core/attention_approx.c does it,
+ *            non-causal: products with the states 4 r (d+1) per row forward (state, query)
+ *            and 6 r (d+1) + 2 r d backward (the query state D, dPhi, dPsi, dv; the keys'
+ *            state comes from the forward); monomial trees ~2 r forward and ~11 r backward.
+ *            Causal, n r (14 d + 29): the backward rebuilds the prefix states (2 r (d+1) and
+ *            ~r more), plus the exact in-chunk part, C (14 d + 4) per row for chunks of C rows.
  *   paper:   n r (8 (d+1)^2 + 8) for route paper (core/attention_paper.c): the same forward,
  *            4 r (d+1) + 2 r, and a backward of two GEMM pairs (build a state, read it)
  *            through the r x (d+1) x d and r x (d+1) x (d+1) states, 4 r (d+1)(2d+1), plus
  *            four feature generations and the weights, ~6 r; causal adds the same in-chunk
- *            part. About 4.6 times the features route at d 8 (4d/7 for large d). Its GEMMs
+ *            part. About 5.4 times the features route at d 8 (2d/3 for large d). Its GEMMs
  *            run faster per flop than the features route's vector loops, so with the
  *            features route's measured constant the model overestimates it
  *            (docs/paper_route.md): auto then errs toward exact.
@@ -25,6 +26,7 @@
 #include <time.h>
 
 #include "approx_internal.h"
+#include "poly.h"
 
 ag_cost_model ag_cost_model_default(void)
 {
@@ -46,7 +48,8 @@ double ag_cost_exact_flops(size_t n, size_t d_head, int causal)
 double ag_cost_approx_flops(size_t n, size_t d_head, size_t rank, int causal)
 {
     double nn = (double)n, d = (double)d_head, r = (double)rank;
-    double f = nn * r * (14 * d + 29);
+    /* non-causal, the backward starts from the state the forward kept: one pass fewer */
+    double f = causal ? nn * r * (14 * d + 29) : nn * r * (12 * d + 26);
     if (causal) f += nn * (double)ag_approx_block_rows(rank, 1) * (14 * d + 4);
     return f;
 }
@@ -81,11 +84,13 @@ ag_status ag_cost_model_calibrate(ag_cost_model *model, ag_error *err)
 {
     const size_t n = CAL_N, d = CAL_D;
     *model = ag_cost_model_default();
-    float *buf = malloc((8 * n * d + 2 * n) * sizeof *buf);
+    /* the keys' state the forward keeps for the backward, as in the model */
+    const size_t sf = ag_attn_approx_state_floats(d, ag_poly_rank(d, CAL_DEGREE), 0);
+    float *buf = malloc((8 * n * d + 2 * n + sf) * sizeof *buf);
     if (!buf) return ag_error_set(err, AG_ERR_NOMEM, "", "out of memory for calibration");
     float *q = buf, *k = q + n * d, *v = k + n * d, *o = v + n * d, *dout = o + n * d;
     float *dq = dout + n * d, *dk = dq + n * d, *dv = dk + n * d, *lse = dv + n * d;
-    float *stat = lse + n; /* lse, stat [n] */
+    float *stat = lse + n, *state = stat + n; /* lse, stat [n] */
     unsigned long long seed = 12345;
     /* |q|, |k| ~ 0.8 sqrt(d) a: with a = 0.45 the score bound R is about 1, the headline case */
     fill(q, n * d, 0.45f, &seed);
@@ -107,9 +112,10 @@ ag_status ag_cost_model_calibrate(ag_cost_model *model, ag_error *err)
         st = ag_attn_exact_forward(&s, q, k, v, o, lse, err);
         if (st == AG_OK) st = ag_attn_exact_backward(&s, q, k, v, o, lse, dout, dq, dk, dv, err);
         double t1 = now_s();
-        if (st == AG_OK) st = ag_attn_approx_forward(&s, &plan, q, k, v, o, stat, err);
+        if (st == AG_OK) st = ag_attn_approx_forward(&s, &plan, q, k, v, o, stat, state, err);
         if (st == AG_OK)
-            st = ag_attn_approx_backward(&s, &plan, q, k, v, o, stat, dout, dq, dk, dv, err);
+            st = ag_attn_approx_backward(&s, &plan, q, k, v, o, stat, state, dout, dq, dk, dv,
+                                         err);
         double t2 = now_s();
         if (rep == 0) continue; /* warm-up: page faults, BLAS buffers */
         if (t1 - t0 < best_exact) best_exact = t1 - t0;

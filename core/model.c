@@ -43,11 +43,20 @@ enum {
  * that several threads share a head; the parts' dk, dv buffers get at most PART_BUDGET floats. */
 #define ATTN_UNITS 8
 #define PART_BUDGET ((size_t)16 << 20)
+/* Floats of approximate-attention states kept from the forward for the backward, all layers
+ * together (16 MiB); past it a layer's backward rebuilds them, one more pass over the keys. */
+#define STATE_BUDGET ((size_t)4 << 20)
 
 typedef struct {
     float *Q, *K, *V, *ctx, *stat, *h, *z, *y;
     float *mean1, *rstd1, *mean2, *rstd2;
     ag_head_plan *plans; /* [H] */
+    /* The keys' states of non-causal approximate heads, kept by the forward for the backward:
+     * [batch] blocks of state_seq floats, head hd at state_off[hd] in each. NULL: the backward
+     * rebuilds them (no approximate head, causal, or over STATE_BUDGET). */
+    float *states;
+    size_t *state_off; /* [H] */
+    size_t state_seq;
 } layer_cache;
 
 typedef struct {
@@ -65,6 +74,7 @@ typedef struct {
     ag_layer_params *partials; /* [groups] */
     size_t groups, nblocks, param_floats;
     size_t parts;            /* query-row parts per (sequence, head) */
+    size_t state_left;       /* floats of STATE_BUDGET not yet given to a layer */
     float *dkv;              /* parts > 1: [items][parts][2][n][dh] dk, dv of each part */
     ag_error *terr;          /* [threads]: first error of each worker */
     /* progress, from the calling thread only */
@@ -278,6 +288,14 @@ static void item_done(phase *ph, int tid, double base)
     if (tid == 0) report(ph->j, base + (double)done * ph->item_work);
 }
 
+/* The kept state of unit u's head hd, or NULL. Items are (sequence, head), sequence-major. */
+static float *head_state(const job *j, const layer_cache *c, size_t u, size_t hd)
+{
+    if (!c->states || c->state_off[hd] == SIZE_MAX) return NULL;
+    size_t seq = u / j->parts / j->H;
+    return c->states + seq * c->state_seq + c->state_off[hd];
+}
+
 /* Units are (item, part) pairs: unit u is part u % parts of item u / parts. An approximate
  * head is not split: its part 0 does all of it. */
 static int attn_fwd(void *ctx, size_t begin, size_t end, int tid)
@@ -296,7 +314,8 @@ static int attn_fwd(void *ctx, size_t begin, size_t end, int tid)
         if (plan->report.method != AG_METHOD_EXACT) {
             if (p == 0)
                 st = ag_attn_approx_forward(&s, plan, c->Q + off, c->K + off, c->V + off,
-                                            c->ctx + off, c->stat + so, e);
+                                            c->ctx + off, c->stat + so, head_state(j, c, u, hd),
+                                            e);
         } else if (j->parts == 1) {
             st = ag_attn_exact_forward(&s, c->Q + off, c->K + off, c->V + off, c->ctx + off,
                                        c->stat + so, e);
@@ -329,7 +348,8 @@ static int attn_bwd(void *ctx, size_t begin, size_t end, int tid)
         ag_status st = AG_OK;
         if (plan->report.method != AG_METHOD_EXACT) {
             if (p == 0)
-                st = ag_attn_approx_backward(&s, plan, Q, K, V, O, stat, dctx, j->dQ + off,
+                st = ag_attn_approx_backward(&s, plan, Q, K, V, O, stat,
+                                             head_state(j, c, u, hd), dctx, j->dQ + off,
                                              j->dK + off, j->dV + off, e);
         } else if (j->parts == 1) {
             st = ag_attn_exact_backward(&s, Q, K, V, O, stat, dctx, j->dQ + off, j->dK + off,
@@ -374,6 +394,43 @@ static int attn_reduce(void *ctx, size_t begin, size_t end, int tid)
     return 0;
 }
 
+/* Floats of STATE_BUDGET a job of this shape may keep (ag_gradients_workspace_bytes reserves
+ * them): the states of every head of every layer at the default rank ceiling, at most
+ * STATE_BUDGET; 0 for exact or causal attention. */
+static size_t state_budget(const ag_model_config *cfg, size_t batch, const ag_method *method)
+{
+    if (!method || method->kind == AG_METHOD_EXACT || cfg->causal) return 0;
+    size_t dh = (size_t)cfg->d_model / (size_t)cfg->n_heads, all;
+    size_t per = ag_attn_approx_state_floats(dh, AG_DEFAULT_RANK_CEILING, 0);
+    if (per == SIZE_MAX || !mul_ok(per, batch, &all) || !mul_ok(all, (size_t)cfg->n_heads, &all) ||
+        !mul_ok(all, (size_t)cfg->n_layers, &all) || all > STATE_BUDGET)
+        return STATE_BUDGET;
+    return all;
+}
+
+/* Gives the layer's non-causal approximate heads a state slot each, from what is left of
+ * STATE_BUDGET (reserved by ag_gradients_workspace_bytes); without one (over the budget, or
+ * out of memory) their backward rebuilds the state, with the same result. */
+static void keep_states(job *j, layer_cache *c)
+{
+    size_t seq = 0;
+    for (size_t hd = 0; hd < j->H; hd++) {
+        const ag_head_report *rep = &c->plans[hd].report;
+        size_t f = rep->method == AG_METHOD_APPROX && rep->route == AG_ROUTE_FEATURES
+                       ? ag_attn_approx_state_floats(j->dh, rep->rank, j->cfg->causal)
+                       : 0;
+        c->state_off[hd] = f ? seq : SIZE_MAX;
+        if (f > j->state_left || seq > j->state_left - f) return; /* states stays NULL */
+        seq += f;
+    }
+    size_t total;
+    if (seq == 0 || !mul_ok(seq, j->batch, &total) || total > j->state_left) return;
+    c->states = falloc(total);
+    if (!c->states) return;
+    c->state_seq = seq;
+    j->state_left -= total;
+}
+
 /* Per head: R = max over the sequences of the score bound, then one plan for all of them. */
 static ag_status plan_heads(job *j, int l, const ag_method *method, ag_head_report *reports,
                             ag_error *err)
@@ -397,6 +454,7 @@ static ag_status plan_heads(job *j, int l, const ag_method *method, ag_head_repo
         }
         reports[(size_t)l * j->H + hd] = c->plans[hd].report;
     }
+    keep_states(j, c);
     return AG_OK;
 }
 
@@ -533,9 +591,10 @@ static void cache_free(job *j)
         layer_cache *c = &j->cache[l];
         if (c->y != c->h) free(c->y);
         float *bufs[] = {c->Q, c->K, c->V, c->ctx, c->stat, c->h, c->z,
-                         c->mean1, c->rstd1, c->mean2, c->rstd2};
+                         c->mean1, c->rstd1, c->mean2, c->rstd2, c->states};
         for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
         free(c->plans);
+        free(c->state_off);
     }
     free(j->cache);
     j->cache = NULL;
@@ -575,7 +634,10 @@ static ag_status job_alloc(job *j, ag_error *err)
         c->h = falloc(ND);
         c->stat = falloc(j->batch * j->H * j->n);
         c->plans = calloc(j->H, sizeof *c->plans);
-        if (!c->Q || !c->K || !c->V || !c->ctx || !c->h || !c->stat || !c->plans) goto nomem;
+        c->state_off = calloc(j->H, sizeof *c->state_off);
+        if (!c->Q || !c->K || !c->V || !c->ctx || !c->h || !c->stat || !c->plans ||
+            !c->state_off)
+            goto nomem;
         if (j->mlp) {
             c->z = falloc(NF);
             c->y = falloc(ND);
@@ -773,6 +835,7 @@ ag_status ag_gradients(const ag_model_config *cfg, const ag_layer_params *layers
     j.param_floats = param_floats(cfg);
     j.groups = group_count(j.nblocks, j.param_floats);
     j.parts = attn_parts(batch * j.H, n, j.dh);
+    j.state_left = state_budget(cfg, batch, method);
     atomic_init(&j.items_done, 0);
 
     const int L = cfg->n_layers;
@@ -908,6 +971,7 @@ size_t ag_gradients_workspace_bytes(const ag_model_config *cfg, size_t batch, si
         size_t a = ag_attn_approx_workspace_bytes(dh, AG_DEFAULT_RANK_CEILING, cfg->causal);
         if (a == SIZE_MAX) return SIZE_MAX;
         bytes = sadd(bytes, smul(T, a, &of), &of);
+        bytes = sadd(bytes, smul(state_budget(cfg, batch, method), sizeof(float), &of), &of);
     }
     /* plans and reports, and allocator slack */
     bytes = sadd(bytes, smul(smul(L, H, &of), sizeof(ag_head_plan) + sizeof(ag_head_report), &of),

@@ -43,6 +43,7 @@
 #include <time.h>
 
 #include "../../core/altgrad.h"
+#include "../../core/approx_internal.h"
 #include "../../core/attention.h"
 #include "../../core/parallel.h"
 #include "../../core/poly.h"
@@ -159,6 +160,7 @@ typedef struct {
     const float *q, *k, *v, *dout;
     float *o, *stat, *dq, *dk, *dv;
     float *dk_part, *dv_part; /* [threads][n d] for the threaded exact backward */
+    float *state;             /* approx: the keys' state kept from forward to backward */
     ag_error err[16];
 } job;
 
@@ -186,10 +188,11 @@ static void job_run(job *j)
     const ag_attn_shape *s = j->s;
     ag_status st;
     if (j->plan) {
-        st = ag_attn_approx_forward(s, j->plan, j->q, j->k, j->v, j->o, j->stat, &j->err[0]);
+        st = ag_attn_approx_forward(s, j->plan, j->q, j->k, j->v, j->o, j->stat, j->state,
+                                    &j->err[0]);
         if (st == AG_OK && j->backward)
-            st = ag_attn_approx_backward(s, j->plan, j->q, j->k, j->v, j->o, j->stat, j->dout,
-                                         j->dq, j->dk, j->dv, &j->err[0]);
+            st = ag_attn_approx_backward(s, j->plan, j->q, j->k, j->v, j->o, j->stat, j->state,
+                                         j->dout, j->dq, j->dk, j->dv, &j->err[0]);
         if (st != AG_OK) die("approximate attention", &j->err[0]);
         return;
     }
@@ -386,12 +389,15 @@ static double run_approx(bench *b, const char *config, const ag_head_plan *plan,
 {
     size_t nd = b->n * (size_t)b->d;
     job j = job_make(b, plan, 1, 0);
+    j.state = xcalloc(ag_attn_approx_state_floats((size_t)b->d, plan->report.rank, 0) + 1,
+                      sizeof(float));
     timing fwd = job_time(&j, reps);
     double e_th = err_theirs(b->o_ex, b->o, nd), e_rel = err_rel(b->o_ex, b->o, nd);
     j.backward = 1;
     timing fb = job_time(&j, reps);
     double e_dq = err_rel(b->dq_ex, b->dq, nd), e_dk = err_rel(b->dk_ex, b->dk, nd);
     double e_dv = err_rel(b->dv_ex, b->dv, nd);
+    free(j.state);
     if (fb_out) *fb_out = fb.wall_ms;
     const ag_head_report *rep = &plan->report;
     row(b, config, 1, ag_poly_name(rep->poly), rep->degree, rep->rank, rep->bound,
@@ -428,7 +434,7 @@ static ag_head_plan taylor_plan(const bench *b, int g, double R)
 /* Seconds the features route should take, forward + backward, at 40 GFLOP/s (cost.c). */
 static double approx_estimate_s(size_t n, size_t d, size_t r)
 {
-    return (double)n * (double)r * (14.0 * (double)d + 29) / 40e9;
+    return ag_cost_approx_flops(n, d, r, 0) / 40e9;
 }
 
 static void run_eps(bench *b, double R, int reps)

@@ -173,14 +173,39 @@ static ag_head_plan plan_for(const head *h, int degree, double eps)
     return plan;
 }
 
+/* Forward keeping the keys' state, backward from it (the model's path); then the backward
+ * again without it (the state rebuilt), which must give the same bits. */
 static void run_kernels(const head *h, const ag_head_plan *plan, run_out *r)
 {
     ag_error err = {0};
-    ag_status st = ag_attn_approx_forward(&h->s, plan, h->q, h->k, h->v, r->o, r->stat, &err);
+    size_t sf = ag_attn_approx_state_floats(h->d, plan->report.rank, h->causal);
+    ck_assert(sf != SIZE_MAX);
+    float *state = sf ? malloc(sf * sizeof *state) : NULL;
+    ck_assert(!sf || state);
+    size_t all = h->n * h->ld;
+    float *start = malloc(3 * all * sizeof *start);
+    ck_assert_ptr_nonnull(start);
+    memcpy(start, r->dq, all * sizeof *start);
+    memcpy(start + all, r->dk, all * sizeof *start);
+    memcpy(start + 2 * all, r->dv, all * sizeof *start);
+    ag_status st = ag_attn_approx_forward(&h->s, plan, h->q, h->k, h->v, r->o, r->stat, state,
+                                          &err);
     ck_assert_msg(st == AG_OK, "forward: %s", err.message);
-    st = ag_attn_approx_backward(&h->s, plan, h->q, h->k, h->v, r->o, r->stat, h->dout, r->dq,
-                                 r->dk, r->dv, &err);
+    st = ag_attn_approx_backward(&h->s, plan, h->q, h->k, h->v, r->o, r->stat, state, h->dout,
+                                 r->dq, r->dk, r->dv, &err);
     ck_assert_msg(st == AG_OK, "backward: %s", err.message);
+    if (state) {
+        st = ag_attn_approx_backward(&h->s, plan, h->q, h->k, h->v, r->o, r->stat, NULL,
+                                     h->dout, start, start + all, start + 2 * all, &err);
+        ck_assert_msg(st == AG_OK, "backward without the state: %s", err.message);
+        ck_assert_msg(!memcmp(start, r->dq, all * sizeof *start) &&
+                      !memcmp(start + all, r->dk, all * sizeof *start) &&
+                      !memcmp(start + 2 * all, r->dv, all * sizeof *start),
+                      "n=%zu d=%zu: the backward from the kept state differs from the rebuilt one",
+                      h->n, h->d);
+    }
+    free(state);
+    free(start);
     check_sentinels(h, r->o);
     check_sentinels(h, r->dq);
     check_sentinels(h, r->dk);
@@ -599,36 +624,36 @@ START_TEST(test_kernel_errors)
     /* a plan whose bound is below this sequence's */
     ag_head_plan low = plan;
     low.report.bound = 0.5;
-    ck_assert_int_eq(ag_attn_approx_forward(&h.s, &low, h.q, h.k, h.v, r.o, r.stat, &err),
+    ck_assert_int_eq(ag_attn_approx_forward(&h.s, &low, h.q, h.k, h.v, r.o, r.stat, NULL, &err),
                      AG_ERR_INVALID);
     ck_assert_ptr_nonnull(strstr(err.message, "score bound"));
     /* a plan that is not approx, or whose rank does not match */
     ag_head_plan bad = plan;
     bad.report.method = AG_METHOD_EXACT;
-    ck_assert_int_eq(ag_attn_approx_forward(&h.s, &bad, h.q, h.k, h.v, r.o, r.stat, &err),
+    ck_assert_int_eq(ag_attn_approx_forward(&h.s, &bad, h.q, h.k, h.v, r.o, r.stat, NULL, &err),
                      AG_ERR_INVALID);
     bad = plan;
     bad.report.rank++;
-    ck_assert_int_eq(ag_attn_approx_forward(&h.s, &bad, h.q, h.k, h.v, r.o, r.stat, &err),
+    ck_assert_int_eq(ag_attn_approx_forward(&h.s, &bad, h.q, h.k, h.v, r.o, r.stat, NULL, &err),
                      AG_ERR_INVALID);
-    ck_assert_int_eq(ag_attn_approx_forward(&h.s, &plan, h.q, h.k, NULL, r.o, r.stat, &err),
+    ck_assert_int_eq(ag_attn_approx_forward(&h.s, &plan, h.q, h.k, NULL, r.o, r.stat, NULL, &err),
                      AG_ERR_INVALID);
     ag_attn_shape s0 = h.s;
     s0.ld = 2;
-    ck_assert_int_eq(ag_attn_approx_forward(&s0, &plan, h.q, h.k, h.v, r.o, r.stat, &err),
+    ck_assert_int_eq(ag_attn_approx_forward(&s0, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, &err),
                      AG_ERR_INVALID);
     /* cancellation */
     atomic_int flag = 1;
     ag_attn_shape sc = h.s;
     sc.cancel = &flag;
-    ck_assert_int_eq(ag_attn_approx_forward(&sc, &plan, h.q, h.k, h.v, r.o, r.stat, &err),
+    ck_assert_int_eq(ag_attn_approx_forward(&sc, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, &err),
                      AG_ERR_CANCELLED);
-    ck_assert_int_eq(ag_attn_approx_forward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, &err), AG_OK);
-    ck_assert_int_eq(ag_attn_approx_backward(&sc, &plan, h.q, h.k, h.v, r.o, r.stat, h.dout, r.dq,
+    ck_assert_int_eq(ag_attn_approx_forward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, &err), AG_OK);
+    ck_assert_int_eq(ag_attn_approx_backward(&sc, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, h.dout, r.dq,
                                              r.dk, r.dv, &err), AG_ERR_CANCELLED);
     /* a corrupted row_stat */
     r.stat[17] = -1;
-    ck_assert_int_eq(ag_attn_approx_backward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, h.dout, r.dq,
+    ck_assert_int_eq(ag_attn_approx_backward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, h.dout, r.dq,
                                              r.dk, r.dv, &err), AG_ERR_INVALID);
     ck_assert_ptr_nonnull(strstr(err.message, "row_stat[17]"));
     run_free(&r);
@@ -676,9 +701,9 @@ static int par_body(void *ctx, size_t begin, size_t end, int tid)
     for (size_t i = begin; i < end; i++) {
         ag_error err;
         if (ag_attn_approx_forward(&c[i].h->s, c[i].plan, c[i].h->q, c[i].h->k, c[i].h->v,
-                                   c[i].r->o, c[i].r->stat, &err) != AG_OK) return 1;
+                                   c[i].r->o, c[i].r->stat, NULL, &err) != AG_OK) return 1;
         if (ag_attn_approx_backward(&c[i].h->s, c[i].plan, c[i].h->q, c[i].h->k, c[i].h->v,
-                                    c[i].r->o, c[i].r->stat, c[i].h->dout, c[i].r->dq, c[i].r->dk,
+                                    c[i].r->o, c[i].r->stat, NULL, c[i].h->dout, c[i].r->dq, c[i].r->dk,
                                     c[i].r->dv, &err) != AG_OK) return 1;
     }
     return 0;

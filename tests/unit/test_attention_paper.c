@@ -176,13 +176,13 @@ static ag_head_plan plan_for(const head *h, int degree, double eps, ag_route rou
 static void run_kernels(const head *h, const ag_head_plan *plan, run_out *r, size_t slab_cols)
 {
     ag_error err = {0};
-    ag_status st = ag_attn_approx_forward(&h->s, plan, h->q, h->k, h->v, r->o, r->stat, &err);
+    ag_status st = ag_attn_approx_forward(&h->s, plan, h->q, h->k, h->v, r->o, r->stat, NULL, &err);
     ck_assert_msg(st == AG_OK, "forward: %s", err.message);
     if (slab_cols)
         st = ag_attn_approx_backward_paper_slabs(&h->s, plan, h->q, h->k, h->v, r->o, r->stat,
                                                  h->dout, r->dq, r->dk, r->dv, slab_cols, &err);
     else
-        st = ag_attn_approx_backward(&h->s, plan, h->q, h->k, h->v, r->o, r->stat, h->dout,
+        st = ag_attn_approx_backward(&h->s, plan, h->q, h->k, h->v, r->o, r->stat, NULL, h->dout,
                                      r->dq, r->dk, r->dv, &err);
     ck_assert_msg(st == AG_OK, "backward: %s", err.message);
     check_sentinels(h, r->o);
@@ -437,8 +437,9 @@ START_TEST(test_cost_and_auto)
     for (size_t d = 4; d <= 32; d *= 2) {
         size_t r = ag_poly_rank(d, 4);
         double ratio = ag_cost_paper_flops(65536, d, r, 0) / ag_cost_approx_flops(65536, d, r, 0);
-        ck_assert_msg(ratio > d / 2.0 && ratio < d / 2.0 + 3, "d %zu: paper/features %.2f", d,
-                      ratio);
+        /* (8 (d+1)^2 + 8) / (12 d + 26): about 2d/3 (non-causal, the keys' state kept) */
+        ck_assert_msg(ratio > 2.0 * d / 3 - 0.5 && ratio < 2.0 * d / 3 + 1,
+                      "d %zu: paper/features %.2f", d, ratio);
         ck_assert_double_gt(ag_cost_paper_flops(65536, d, r, 1), ag_cost_paper_flops(65536, d, r, 0));
     }
     /* d_head 8, R 1, epsilon 1e-3 (degree 5, rank 1287): the features route pays from about
@@ -470,8 +471,8 @@ START_TEST(test_errors_and_edges)
     run_out r;
     run_alloc(&r, &h);
     ag_error err = {0};
-    ck_assert_int_eq(ag_attn_approx_forward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, &err), AG_OK);
-    ck_assert_int_eq(ag_attn_approx_backward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, r.dq,
+    ck_assert_int_eq(ag_attn_approx_forward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, &err), AG_OK);
+    ck_assert_int_eq(ag_attn_approx_backward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, NULL, r.dq,
                                              r.dk, r.dv, &err), AG_ERR_INVALID);
     ck_assert_int_eq(ag_attn_approx_backward_paper(&h.s, &plan, h.q, NULL, h.v, r.o, r.stat,
                                                    h.dout, r.dq, r.dk, r.dv, &err),
@@ -482,19 +483,19 @@ START_TEST(test_errors_and_edges)
     /* a plan whose bound is below this sequence's */
     ag_head_plan low = plan;
     low.report.bound *= 0.5;
-    ck_assert_int_eq(ag_attn_approx_backward(&h.s, &low, h.q, h.k, h.v, r.o, r.stat, h.dout, r.dq,
+    ck_assert_int_eq(ag_attn_approx_backward(&h.s, &low, h.q, h.k, h.v, r.o, r.stat, NULL, h.dout, r.dq,
                                              r.dk, r.dv, &err), AG_ERR_INVALID);
     /* cancellation */
     atomic_int flag = 1;
     ag_attn_shape sc = h.s;
     sc.cancel = &flag;
-    ck_assert_int_eq(ag_attn_approx_backward(&sc, &plan, h.q, h.k, h.v, r.o, r.stat, h.dout, r.dq,
+    ck_assert_int_eq(ag_attn_approx_backward(&sc, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, h.dout, r.dq,
                                              r.dk, r.dv, &err), AG_ERR_CANCELLED);
     /* a corrupted row_stat: refused before anything is accumulated */
     float *before = malloc(h.n * h.ld * sizeof *before);
     memcpy(before, r.dq, h.n * h.ld * sizeof *before);
     r.stat[h.n - 3] = NAN;
-    ck_assert_int_eq(ag_attn_approx_backward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, h.dout,
+    ck_assert_int_eq(ag_attn_approx_backward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, h.dout,
                                              r.dq, r.dk, r.dv, &err), AG_ERR_INVALID);
     ck_assert_ptr_nonnull(strstr(err.message, "row_stat[197]"));
     ck_assert_int_eq(memcmp(before, r.dq, h.n * h.ld * sizeof *before), 0);

@@ -10,6 +10,7 @@
 #include <sys/resource.h>
 
 #include "../../core/altgrad.h"
+#include "../../core/attention.h"
 #include "lib/ref_model.h"
 
 /* float32 model vs double finite differences (h = 1e-6, truncation ~1e-12): what remains is
@@ -592,6 +593,18 @@ START_TEST(test_workspace_estimate)
     ck_assert_uint_eq(ag_gradients_workspace_bytes(&cfg, SIZE_MAX / 4, 1024, &exact), SIZE_MAX);
     ck_assert_uint_eq(ag_gradients_workspace_bytes(&cfg, 0, 1024, &exact), SIZE_MAX);
     ck_assert_uint_eq(ag_gradients_workspace_bytes(NULL, 1, 1024, &exact), SIZE_MAX);
+    /* approximate, non-causal: also the keys' states kept from forward to backward, every
+     * head of both layers at the default rank ceiling (2 x 8 x 20000 x 9 floats) */
+    ag_method approx = ag_method_default(AG_METHOD_APPROX);
+    cfg.causal = 0;
+    size_t e = ag_gradients_workspace_bytes(&cfg, 1, 4096, &exact);
+    size_t ap = ag_gradients_workspace_bytes(&cfg, 1, 4096, &approx);
+    ck_assert(ap != SIZE_MAX && e != SIZE_MAX);
+    ck_assert_uint_ge(ap - e, ag_attn_approx_workspace_bytes(8, AG_DEFAULT_RANK_CEILING, 0) +
+                                  (size_t)2 * 8 * 20000 * 9 * sizeof(float));
+    cfg.causal = 1; /* causal heads keep no state */
+    size_t ac = ag_gradients_workspace_bytes(&cfg, 1, 4096, &approx);
+    ck_assert_uint_lt(ac - b, ap - e);
     cfg.n_heads = 7;
     ck_assert_uint_eq(ag_gradients_workspace_bytes(&cfg, 1, 1024, &exact), SIZE_MAX);
 }
