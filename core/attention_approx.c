@@ -1123,7 +1123,8 @@ static ag_status backward_noncausal(const ag_approx_head *h, approx_ws *w, const
     if (state) {
         memcpy(w->S, state, r * dv1 * sizeof *state);
         for (size_t a = 0; a < r; a++)
-            for (size_t c = 0; c < dv1; c++) w->Sw[a * dv1 + c] = h->map.weight[a] * w->S[a * dv1 + c];
+            for (size_t c = 0; c < dv1; c++)
+                w->Sw[a * dv1 + c] = h->map.weight[a] * w->S[a * dv1 + c];
     }
     for (int which = state ? 1 : 0; which < 2; which++) {
         zero(w->SL, LANES * r * dv1);

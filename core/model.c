@@ -9,6 +9,8 @@
  *   z [N, F]                 MLP pre-activation (F > 0)
  *   y [N, D]                 layer output = next layer's input (aliases h when F == 0)
  *   mean1, rstd1, mean2, rstd2 [N]   layernorm statistics
+ *   states                   non-causal approximate heads: the keys' state, rank (dh + 1)
+ *                            floats per (sequence, head), within STATE_BUDGET
  * a = norm1(x) and u = norm2(h) are recomputed per row block in the backward: O(N D) flops
  * instead of 2 N D floats per layer.
  *

@@ -648,13 +648,14 @@ START_TEST(test_kernel_errors)
     sc.cancel = &flag;
     ck_assert_int_eq(ag_attn_approx_forward(&sc, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, &err),
                      AG_ERR_CANCELLED);
-    ck_assert_int_eq(ag_attn_approx_forward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, &err), AG_OK);
-    ck_assert_int_eq(ag_attn_approx_backward(&sc, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, h.dout, r.dq,
-                                             r.dk, r.dv, &err), AG_ERR_CANCELLED);
+    ck_assert_int_eq(ag_attn_approx_forward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, &err),
+                     AG_OK);
+    ck_assert_int_eq(ag_attn_approx_backward(&sc, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, h.dout,
+                                             r.dq, r.dk, r.dv, &err), AG_ERR_CANCELLED);
     /* a corrupted row_stat */
     r.stat[17] = -1;
-    ck_assert_int_eq(ag_attn_approx_backward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, h.dout, r.dq,
-                                             r.dk, r.dv, &err), AG_ERR_INVALID);
+    ck_assert_int_eq(ag_attn_approx_backward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, h.dout,
+                                             r.dq, r.dk, r.dv, &err), AG_ERR_INVALID);
     ck_assert_ptr_nonnull(strstr(err.message, "row_stat[17]"));
     run_free(&r);
     head_free(&h);
@@ -703,7 +704,8 @@ static int par_body(void *ctx, size_t begin, size_t end, int tid)
         if (ag_attn_approx_forward(&c[i].h->s, c[i].plan, c[i].h->q, c[i].h->k, c[i].h->v,
                                    c[i].r->o, c[i].r->stat, NULL, &err) != AG_OK) return 1;
         if (ag_attn_approx_backward(&c[i].h->s, c[i].plan, c[i].h->q, c[i].h->k, c[i].h->v,
-                                    c[i].r->o, c[i].r->stat, NULL, c[i].h->dout, c[i].r->dq, c[i].r->dk,
+                                    c[i].r->o, c[i].r->stat, NULL, c[i].h->dout, c[i].r->dq,
+                                    c[i].r->dk,
                                     c[i].r->dv, &err) != AG_OK) return 1;
     }
     return 0;

@@ -471,7 +471,8 @@ START_TEST(test_errors_and_edges)
     run_out r;
     run_alloc(&r, &h);
     ag_error err = {0};
-    ck_assert_int_eq(ag_attn_approx_forward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, &err), AG_OK);
+    ck_assert_int_eq(ag_attn_approx_forward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, &err),
+                     AG_OK);
     ck_assert_int_eq(ag_attn_approx_backward(&h.s, &plan, h.q, h.k, h.v, r.o, r.stat, NULL, NULL, r.dq,
                                              r.dk, r.dv, &err), AG_ERR_INVALID);
     ck_assert_int_eq(ag_attn_approx_backward_paper(&h.s, &plan, h.q, NULL, h.v, r.o, r.stat,
