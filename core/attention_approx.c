@@ -505,30 +505,54 @@ typedef float v16 __attribute__((vector_size(64)));
     default: call(16); break;                                                               \
     }
 
-/* SL[a][c] += sum_g Y_g[c] * M_g[a] over the NG groups of a chunk: the lanes keep 16
- * partial sums of the state (Y^T [ncol][ldy], group g at column 16 g). */
+/* sl[c] += sum_g Y_g[c] m[g], c < ncol: one monomial's state row (16 lanes per entry: the
+ * lanes keep 16 partial sums; Y^T [ncol][ldy], group g at column 16 g). */
+AG_INLINE void row_acc(float *restrict sl, const v16 *m, const size_t NG,
+                       const float *restrict Yt, size_t ldy, size_t ncol)
+{
+    for (size_t c = 0; c < ncol; c++) {
+        v16 acc, y;
+        VLOAD(acc, sl + c * LANES);
+        for (size_t g = 0; g < NG; g++) {
+            VLOAD(y, Yt + c * ldy + g * LANES);
+            acc += y * m[g];
+        }
+        VSTORE(sl + c * LANES, acc);
+    }
+}
+
+/* The same for two monomials: each Y vector loaded feeds two FMAs, which makes the loop
+ * FMA-bound instead of load-bound. NG <= 8 keeps 2 NG + 3 vectors in 32 registers. */
+AG_INLINE void row_acc2(float *restrict sl0, float *restrict sl1, const v16 *m0, const v16 *m1,
+                        const size_t NG, const float *restrict Yt, size_t ldy, size_t ncol)
+{
+    for (size_t c = 0; c < ncol; c++) {
+        v16 acc0, acc1, y;
+        VLOAD(acc0, sl0 + c * LANES);
+        VLOAD(acc1, sl1 + c * LANES);
+        for (size_t g = 0; g < NG; g++) {
+            VLOAD(y, Yt + c * ldy + g * LANES);
+            acc0 += y * m0[g];
+            acc1 += y * m1[g];
+        }
+        VSTORE(sl0 + c * LANES, acc0);
+        VSTORE(sl1 + c * LANES, acc1);
+    }
+}
+
+/* SL[a][c] += sum_g Y_g[c] * M_g[a] over the NG groups of a chunk, every monomial read from
+ * Mall [NG][r][16]. */
 AG_INLINE void state_acc_n(float *restrict SL, const float *restrict Mall, const size_t NG,
                            const float *restrict Yt, size_t ldy, size_t ncol, size_t r)
 {
     for (size_t a = 0; a < r; a++) {
         v16 m[AG_MAX_CHUNK_GROUPS];
         for (size_t g = 0; g < NG; g++) VLOAD(m[g], Mall + (g * r + a) * LANES);
-        float *sl = SL + a * ncol * LANES;
-        for (size_t c = 0; c < ncol; c++) {
-            v16 acc, y;
-            VLOAD(acc, sl + c * LANES);
-            for (size_t g = 0; g < NG; g++) {
-                VLOAD(y, Yt + c * ldy + g * LANES);
-                acc += y * m[g];
-            }
-            VSTORE(sl + c * LANES, acc);
-        }
+        row_acc(SL + a * ncol * LANES, m, NG, Yt, ldy, ncol);
     }
 }
 
-/* The same for monomials [a0, a1), two at a time: each Y vector loaded feeds two FMAs, which
- * makes the loop FMA-bound instead of load-bound. NG <= 8 keeps 2 NG + 3 vectors in 32
- * registers. */
+/* The same for monomials [a0, a1), two at a time (row_acc2); NG <= 8. */
 AG_INLINE void state_acc_pair_n(float *restrict SL, const float *restrict Mall, const size_t NG,
                                 const float *restrict Yt, size_t ldy, size_t ncol, size_t r,
                                 size_t a0, size_t a1)
@@ -540,32 +564,13 @@ AG_INLINE void state_acc_pair_n(float *restrict SL, const float *restrict Mall, 
             VLOAD(m0[g], Mall + (g * r + a) * LANES);
             VLOAD(m1[g], Mall + (g * r + a + 1) * LANES);
         }
-        float *sl0 = SL + a * ncol * LANES, *sl1 = sl0 + ncol * LANES;
-        for (size_t c = 0; c < ncol; c++) {
-            v16 acc0, acc1, y;
-            VLOAD(acc0, sl0 + c * LANES);
-            VLOAD(acc1, sl1 + c * LANES);
-            for (size_t g = 0; g < NG; g++) {
-                VLOAD(y, Yt + c * ldy + g * LANES);
-                acc0 += y * m0[g];
-                acc1 += y * m1[g];
-            }
-            VSTORE(sl0 + c * LANES, acc0);
-            VSTORE(sl1 + c * LANES, acc1);
-        }
+        float *sl0 = SL + a * ncol * LANES;
+        row_acc2(sl0, sl0 + ncol * LANES, m0, m1, NG, Yt, ldy, ncol);
     }
     if (a < a1) { /* an odd count: the last monomial alone */
-        float *sl = SL + a * ncol * LANES;
-        for (size_t c = 0; c < ncol; c++) {
-            v16 acc, y, m;
-            VLOAD(acc, sl + c * LANES);
-            for (size_t g = 0; g < NG; g++) {
-                VLOAD(y, Yt + c * ldy + g * LANES);
-                VLOAD(m, Mall + (g * r + a) * LANES);
-                acc += y * m;
-            }
-            VSTORE(sl + c * LANES, acc);
-        }
+        v16 m0[8];
+        for (size_t g = 0; g < NG; g++) VLOAD(m0[g], Mall + (g * r + a) * LANES);
+        row_acc(SL + a * ncol * LANES, m0, NG, Yt, ldy, ncol);
     }
 }
 
@@ -590,19 +595,8 @@ AG_INLINE void state_acc_top_n(float *restrict SL, const float *restrict Mall, c
                 m0[g] *= x[g];
                 m1[g] *= x[g];
             }
-            float *sl0 = SL + ((size_t)pc.dst + i) * ncol * LANES, *sl1 = sl0 + ncol * LANES;
-            for (size_t c = 0; c < ncol; c++) {
-                v16 acc0, acc1, y;
-                VLOAD(acc0, sl0 + c * LANES);
-                VLOAD(acc1, sl1 + c * LANES);
-                for (size_t g = 0; g < NG; g++) {
-                    VLOAD(y, Yt + c * ldy + g * LANES);
-                    acc0 += y * m0[g];
-                    acc1 += y * m1[g];
-                }
-                VSTORE(sl0 + c * LANES, acc0);
-                VSTORE(sl1 + c * LANES, acc1);
-            }
+            float *sl0 = SL + ((size_t)pc.dst + i) * ncol * LANES;
+            row_acc2(sl0, sl0 + ncol * LANES, m0, m1, NG, Yt, ldy, ncol);
         }
         if (i < pc.len) {
             v16 m0[8];
@@ -610,16 +604,7 @@ AG_INLINE void state_acc_top_n(float *restrict SL, const float *restrict Mall, c
                 VLOAD(m0[g], Mall + (g * r + pc.src + i) * LANES);
                 m0[g] *= x[g];
             }
-            float *sl0 = SL + ((size_t)pc.dst + i) * ncol * LANES;
-            for (size_t c = 0; c < ncol; c++) {
-                v16 acc0, y;
-                VLOAD(acc0, sl0 + c * LANES);
-                for (size_t g = 0; g < NG; g++) {
-                    VLOAD(y, Yt + c * ldy + g * LANES);
-                    acc0 += y * m0[g];
-                }
-                VSTORE(sl0 + c * LANES, acc0);
-            }
+            row_acc(SL + ((size_t)pc.dst + i) * ncol * LANES, m0, NG, Yt, ldy, ncol);
         }
     }
 }
