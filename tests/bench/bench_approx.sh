@@ -25,16 +25,8 @@ mkdir -p "$OUT"
 [ -x "$BIN" ] || { echo "bench_approx: $BIN not built (make all)" >&2; exit 1; }
 export OPENBLAS_NUM_THREADS=1
 
-# Debian's OpenBLAS 0.3.21 does not know recent Xeons and falls back to its SSE3 "Prescott"
-# kernels; the exact baseline would then be ~3x slower than it should (same choice as
-# bench_exact.sh: a fast baseline, not a slow one).
-if [ -z "${OPENBLAS_CORETYPE:-}" ] && [ "$("$BIN" --corename)" = "Prescott" ]; then
-  if grep -qw avx512_bf16 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Cooperlake
-  elif grep -qw avx512f /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX
-  elif grep -qw avx2 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Haswell
-  fi
-  echo "OpenBLAS detected Prescott; using OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Prescott}"
-fi
+. "$(dirname "$0")/openblas_core.sh"
+openblas_pick_core "$BIN"
 
 CSV=$OUT/approx.csv
 DEG=$OUT/approx_degree.csv

@@ -15,16 +15,8 @@ mkdir -p "$OUT"
 [ -x "$BIN" ] || { echo "bench_exact: $BIN not built (make all)" >&2; exit 1; }
 export OPENBLAS_NUM_THREADS=1
 
-# Debian's OpenBLAS 0.3.21 (DYNAMIC_ARCH) does not know recent Xeons (CPU model 207 and up)
-# and falls back to its SSE3 "Prescott" kernels, 4x slower. Pick the AVX-512 kernels when the
-# CPU has them (OPENBLAS_CORETYPE is read when the library loads).
-if [ -z "${OPENBLAS_CORETYPE:-}" ] && [ "$("$BIN" --corename)" = "Prescott" ]; then
-  if grep -qw avx512_bf16 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Cooperlake
-  elif grep -qw avx512f /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX
-  elif grep -qw avx2 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Haswell
-  fi
-  echo "OpenBLAS detected Prescott; using OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Prescott}"
-fi
+. "$(dirname "$0")/openblas_core.sh"
+openblas_pick_core "$BIN"
 
 CSV=$OUT/exact.csv
 TORCH=$OUT/exact_torch.csv

@@ -18,15 +18,8 @@ mkdir -p "$OUT" "$OUT/routes_ref"
 [ -x "$BIN" ] || { echo "bench_routes: $BIN not built (make all)" >&2; exit 1; }
 export OPENBLAS_NUM_THREADS=1
 
-# Debian's OpenBLAS 0.3.21 falls back to SSE3 "Prescott" kernels on CPUs it does not know,
-# which would make exact (and route paper, GEMM-bound) slower than they should be.
-if [ -z "${OPENBLAS_CORETYPE:-}" ] && [ "$("$BIN" --corename)" = "Prescott" ]; then
-  if grep -qw avx512_bf16 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Cooperlake
-  elif grep -qw avx512f /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX
-  elif grep -qw avx2 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Haswell
-  fi
-  echo "OpenBLAS detected Prescott; using OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Prescott}"
-fi
+. "$(dirname "$0")/openblas_core.sh"
+openblas_pick_core "$BIN"
 
 CSV=$OUT/routes.csv
 "$BIN" --header > "$CSV"
