@@ -93,7 +93,12 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         if (srv->conns) srv->conns->prev = hc;
         srv->conns = hc;
         *socket_context = hc;
-    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED && hc) {
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        /* A freed slot: at --max-connections libmicrohttpd 0.9.75 took its listening socket
+         * out of its epoll set and puts it back only at the start of a later MHD_run, which
+         * nothing would trigger once no connection is left. Run it again now. */
+        srv->mhd_run_again = 1;
+        if (!hc) return;
         if (hc->prev) hc->prev->next = hc->next;
         else srv->conns = hc->next;
         if (hc->next) hc->next->prev = hc->prev;
@@ -140,7 +145,10 @@ void http_sweep(server *srv, uint64_t now)
         srv_log("warn", "closed %zu connections whose request body came slower than %zu "
                 "bytes/s after the first %u s (--body-min-rate, --connection-timeout)", n_body,
                 srv->cfg.body_min_rate, srv->cfg.connection_timeout_s);
-    if (n_head || n_body) http_pump(srv);
+    /* Every sweep runs MHD, cut or not: a backstop for any state in which libmicrohttpd
+     * needs a run that no event of its epoll fd or timer would start (a listening socket
+     * left out of its set after EMFILE, say). It costs one epoll_wait(0) per sweep. */
+    http_pump(srv);
 }
 
 size_t http_connections(server *srv)

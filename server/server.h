@@ -38,7 +38,7 @@ typedef struct server {
     uv_timer_t mhd_timer;
     struct http_conn *conns; /* every open connection, for the header deadline (http.c) */
     int in_mhd_run;          /* guard: MHD_run is never re-entered */
-    int mhd_run_again;       /* a resume happened inside an MHD callback */
+    int mhd_run_again;       /* a resume or a closed connection inside an MHD callback */
     int handles_open;        /* uv handles not yet closed */
     unsigned short port;
     int tls;
