@@ -503,7 +503,13 @@ class Client:
         if self._token is not None:
             headers["Authorization"] = "Bearer " + self._token
         try:
-            conn.request(method, self._prefix + path, body=raw, headers=headers)
+            try:
+                conn.request(method, self._prefix + path, body=raw, headers=headers)
+            except (BrokenPipeError, ConnectionResetError):
+                # the server may have answered early (413 for a body over --max-body, say)
+                # and closed while the body was still going out: read that answer if it is
+                # there; if not, getresponse fails and this is a send failure as before
+                pass
             resp = conn.getresponse()
             data = self._read(resp)
         except ssl.SSLError as e:

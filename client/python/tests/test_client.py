@@ -162,6 +162,13 @@ class ErrorMappingTest(live.LiveTestCase):
             with self.assertRaises(altgrad.HTTPError) as cm:
                 altgrad.Client(s.url).gradients(live.small_request(n=64))
             self.assertEqual((cm.exception.status, cm.exception.code), (413, "too_large"))
+            # over 64 MiB the server answers at once and closes while the body is still
+            # being sent: the client reads that answer instead of failing to send
+            big = altgrad.Tensor([17 << 20])
+            with self.assertRaises(altgrad.HTTPError) as cm:
+                altgrad.Client(s.url).gradients(live.small_request(), input=big)
+            self.assertEqual((cm.exception.status, cm.exception.code, cm.exception.attempts),
+                             (413, "too_large", 1))
         finally:
             s.close()
 
