@@ -381,6 +381,7 @@ class _RemoteFunction(torch.autograd.Function):
         return tensor_to_torch(res.output, *ctx.x_meta)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the VJP has no derivative of its own
     def backward(ctx, grad_out):
         call = ctx.call
         want_x = ctx.needs_input_grad[1]

@@ -200,6 +200,12 @@ class TodayTest(TorchCase):
             (y * y).mean().backward()
             opt.step()
         self.assertGreater(rel(outputs[2], outputs[0]), 1e-3)  # the steps changed something
+        self.assertIs(altgrad.torch, agt)  # the lazy attribute of the package
+        y = remote(x.clone().requires_grad_())
+        g, = torch.autograd.grad((y * y).sum(), remote.module.layers[0].linear1.weight,
+                                 create_graph=True)
+        with self.assertRaisesRegex(RuntimeError, "once_differentiable"):  # not silent zeros
+            g.sum().backward()
         with torch.no_grad():  # inference: forward only
             y = remote(x)
             self.assertLessEqual(rel(y, m(x)), TOL)
