@@ -32,8 +32,15 @@ class Server(hardening_lib.Server):
         self.url = "http://127.0.0.1:%d" % self.port
 
     def close(self):
-        self.stop()
+        """Stops the server; AssertionError when it did not exit 0 on SIGTERM or its log
+        holds a sanitizer report (make asan-test runs these tests with an ASan build)."""
+        rc = self.stop()
+        errors = self.sanitizer_errors()
+        tail = self.log_text()[-3000:]
         self.cleanup()
+        if rc != 0 or errors:
+            raise AssertionError("altgradd exited %s, sanitizer reports %s; log:\n%s"
+                                 % (rc, errors, tail))
 
 
 def free_port():
