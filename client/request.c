@@ -93,17 +93,8 @@ altgrad_status altgrad_request_check(const altgrad_request *req, altgrad_error *
     default:
         return client_fail(err, ALTGRAD_E_ARG, "invalid_value", "loss.type", "unknown loss");
     }
-    const ag_method *m = &req->method;
-    if (m->kind != AG_METHOD_EXACT && m->kind != AG_METHOD_APPROX && m->kind != AG_METHOD_AUTO)
-        return client_fail(err, ALTGRAD_E_ARG, "invalid_value", "method.name", "unknown method");
-    if (m->kind != AG_METHOD_EXACT) {
-        if (m->degree < 0 || m->degree > AG_MAX_DEGREE)
-            return client_fail(err, ALTGRAD_E_ARG, "invalid_value", "method.degree",
-                               "degree must be 1..%d, got %d", AG_MAX_DEGREE, m->degree);
-        if (m->degree == 0 && !(m->epsilon > 0 && m->epsilon < 1))
-            return client_fail(err, ALTGRAD_E_ARG, "invalid_value", "method.epsilon",
-                               "epsilon must lie in (0, 1), got %g", m->epsilon);
-    }
+    if (ag_method_check(&req->method, &cerr) != AG_OK)
+        return client_fail(err, ALTGRAD_E_ARG, "invalid_value", cerr.field, "%s", cerr.message);
     return ALTGRAD_OK;
 }
 

@@ -111,6 +111,12 @@ static int get_enum(decoder *d, json_t *v, const char *path, const char *const *
     return ag_proto_fail(d->err, 400, "invalid_value", path, "%s: expected %s", path, list);
 }
 
+/* A core error (the method or model contract) as a 400 invalid_value at its field. */
+static int fail_core(decoder *d, const ag_error *ce)
+{
+    return ag_proto_fail(d->err, 400, "invalid_value", ce->field, "%s", ce->message);
+}
+
 static int decode_model(decoder *d, json_t *m)
 {
     static const char *const keys[] = {"d_model", "n_heads", "n_layers", "d_ff", "causal",
@@ -152,17 +158,18 @@ static int decode_model(decoder *d, json_t *m)
     cfg->activation = k ? AG_ACT_RELU : AG_ACT_GELU;
 
     ag_error ce = {0};
-    if (ag_model_config_check(cfg, &ce) != AG_OK)
-        return ag_proto_fail(d->err, 400, "invalid_value", ce.field, "%s", ce.message);
+    if (ag_model_config_check(cfg, &ce) != AG_OK) return fail_core(d, &ce);
     return 0;
 }
 
 static int decode_method(decoder *d, json_t *m)
 {
-    static const char *const names[] = {"exact", "approx", "auto"};
     static const char *const keys[] = {"name", "epsilon", "degree", "route", "poly", NULL};
-    static const char *const routes[] = {"features", "paper"};
-    static const char *const polys[] = {"chebyshev", "taylor"};
+    /* The names are core's (ag_*_name); each enum counts from 0. */
+    const char *const names[] = {ag_method_name(AG_METHOD_EXACT), ag_method_name(AG_METHOD_APPROX),
+                                 ag_method_name(AG_METHOD_AUTO)};
+    const char *const routes[] = {ag_route_name(AG_ROUTE_FEATURES), ag_route_name(AG_ROUTE_PAPER)};
+    const char *const polys[] = {ag_poly_name(AG_POLY_CHEBYSHEV), ag_poly_name(AG_POLY_TAYLOR)};
     ag_method *meth = &d->req->method;
     if (want_object(d, m, "method")) return -1;
     if (check_keys(d, m, "method", keys, "a method has name, epsilon, degree, route, poly"))
@@ -171,7 +178,7 @@ static int decode_method(decoder *d, json_t *m)
     int k;
     if (!name) return fail_missing(d, "method.name");
     if (get_enum(d, name, "method.name", names, 3, &k)) return -1;
-    ag_method_kind kind = k == 0 ? AG_METHOD_EXACT : k == 1 ? AG_METHOD_APPROX : AG_METHOD_AUTO;
+    ag_method_kind kind = (ag_method_kind)k;
     *meth = ag_method_default(kind);
     if (kind == AG_METHOD_EXACT) {
         for (int i = 1; keys[i]; i++)
@@ -187,38 +194,33 @@ static int decode_method(decoder *d, json_t *m)
     if (eps && deg)
         return ag_proto_fail(d->err, 400, "invalid_value", "method",
                              "method: give epsilon or degree, not both");
+    ag_error ce;
     if (eps) {
         if (!json_is_number(eps))
             return ag_proto_fail(d->err, 400, "invalid_type", "method.epsilon",
                                  "method.epsilon: expected a number, got %s",
                                  ag_json_type_name(eps));
-        double e = json_number_value(eps);
-        if (!(e > 0 && e < 1))
-            return ag_proto_fail(d->err, 400, "invalid_value", "method.epsilon",
-                                 "method.epsilon: must lie strictly between 0 and 1, got %g", e);
-        meth->epsilon = e;
+        meth->epsilon = json_number_value(eps);
     }
     if (deg) {
         if (!json_is_integer(deg))
             return ag_proto_fail(d->err, 400, "invalid_type", "method.degree",
                                  "method.degree: expected an integer, got %s",
                                  ag_json_type_name(deg));
-        long long g = json_integer_value(deg);
-        if (g < 1 || g > AG_MAX_DEGREE)
-            return ag_proto_fail(d->err, 400, "invalid_value", "method.degree",
-                                 "method.degree: must be an integer from 1 to %d, got %lld",
-                                 AG_MAX_DEGREE, g);
-        meth->degree = (int)g;
+        if (ag_method_degree_check(json_integer_value(deg), &ce) != AG_OK)
+            return fail_core(d, &ce);
+        meth->degree = (int)json_integer_value(deg);
     }
+    if (ag_method_check(meth, &ce) != AG_OK) return fail_core(d, &ce);
     json_t *v = json_object_get(m, "route");
     if (v) {
         if (get_enum(d, v, "method.route", routes, 2, &k)) return -1;
-        meth->route = k ? AG_ROUTE_PAPER : AG_ROUTE_FEATURES;
+        meth->route = (ag_route)k;
     }
     v = json_object_get(m, "poly");
     if (v) {
         if (get_enum(d, v, "method.poly", polys, 2, &k)) return -1;
-        meth->poly = k ? AG_POLY_TAYLOR : AG_POLY_CHEBYSHEV;
+        meth->poly = (ag_poly)k;
     }
     return 0;
 }

@@ -1,6 +1,7 @@
 /* altgrad: the command-line client of the altgrad service. */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -413,8 +414,11 @@ static int parse_long(const char *flag, const char *s, long min, long max, long 
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || end == s || *end || v < min || v > max) {
-        fprintf(stderr, "altgrad: --%s: expected an integer in [%ld, %ld], got '%s'\n", flag, min,
-                max, s);
+        if (min == LONG_MIN && max == LONG_MAX)
+            fprintf(stderr, "altgrad: --%s: expected an integer, got '%s'\n", flag, s);
+        else
+            fprintf(stderr, "altgrad: --%s: expected an integer in [%ld, %ld], got '%s'\n", flag,
+                    min, max, s);
         return -1;
     }
     *out = v;
@@ -427,12 +431,27 @@ static int parse_double(const char *flag, const char *s, double min, double max,
     errno = 0;
     double v = strtod(s, &end);
     if (errno || end == s || *end || !(v >= min && v <= max)) {
-        fprintf(stderr, "altgrad: --%s: expected a number in [%g, %g], got '%s'\n", flag, min,
-                max, s);
+        if (isinf(min) && isinf(max))
+            fprintf(stderr, "altgrad: --%s: expected a number, got '%s'\n", flag, s);
+        else
+            fprintf(stderr, "altgrad: --%s: expected a number in [%g, %g], got '%s'\n", flag,
+                    min, max, s);
         return -1;
     }
     *out = v;
     return 0;
+}
+
+/* The index of s in names[0..n), or -1 with a message. */
+static int parse_name(const char *flag, const char *s, const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(s, names[i]) == 0) return i;
+    fprintf(stderr, "altgrad: --%s: expected", flag);
+    for (int i = 0; i < n; i++)
+        fprintf(stderr, "%s %s", i == 0 ? "" : i == n - 1 ? " or" : ",", names[i]);
+    fprintf(stderr, ", got '%s'\n", s);
+    return -1;
 }
 
 static void on_signal(int sig)
@@ -478,7 +497,18 @@ int main(int argc, char **argv)
     o.shards = 1;
 
     int seen[O_VERSION + 1] = {0};
-    int epsilon_set = 0, c;
+    int epsilon_set = 0, c, k;
+    ag_error cerr;
+    /* Indexed by the enum values (each counts from 0); the method's names are core's. */
+    static const char *const encoding_names[] = {"json", "b64"};
+    static const char *const norm_names[] = {"none", "layernorm"};
+    static const char *const activation_names[] = {"gelu", "relu"};
+    static const char *const loss_names[] = {"mse", "sum", "grad_output"};
+    const char *const method_names[] = {ag_method_name(AG_METHOD_EXACT),
+                                        ag_method_name(AG_METHOD_APPROX),
+                                        ag_method_name(AG_METHOD_AUTO)};
+    const char *const route_names[] = {ag_route_name(AG_ROUTE_FEATURES),
+                                       ag_route_name(AG_ROUTE_PAPER)};
     long v = 0;
     double dv = 0;
     while ((c = getopt_long(argc, argv, "qo:h", long_opts, NULL)) != -1) {
@@ -505,9 +535,8 @@ int main(int argc, char **argv)
             o.client.max_retries = (int)v;
             break;
         case O_ENCODING:
-            if (strcmp(optarg, "json") == 0) o.client.encoding = AG_ENCODING_JSON;
-            else if (strcmp(optarg, "b64") == 0) o.client.encoding = AG_ENCODING_B64;
-            else { fprintf(stderr, "altgrad: --encoding: json or b64\n"); return EXIT_USAGE; }
+            if ((k = parse_name(name, optarg, encoding_names, 2)) < 0) return EXIT_USAGE;
+            o.client.encoding = (ag_encoding)k;
             break;
         case 'q': o.quiet = 1; break;
         case 'o': o.output = optarg; break;
@@ -521,44 +550,37 @@ int main(int argc, char **argv)
         case O_CAUSAL: o.causal = 1; break;
         case O_NO_RESIDUAL: o.residual = 0; break;
         case O_NORM:
-            if (strcmp(optarg, "layernorm") == 0) o.norm = AG_NORM_LAYERNORM;
-            else if (strcmp(optarg, "none") == 0) o.norm = AG_NORM_NONE;
-            else { fprintf(stderr, "altgrad: --norm: layernorm or none\n"); return EXIT_USAGE; }
+            if ((k = parse_name(name, optarg, norm_names, 2)) < 0) return EXIT_USAGE;
+            o.norm = (ag_norm)k;
             break;
         case O_ACTIVATION:
-            if (strcmp(optarg, "gelu") == 0) o.activation = AG_ACT_GELU;
-            else if (strcmp(optarg, "relu") == 0) o.activation = AG_ACT_RELU;
-            else { fprintf(stderr, "altgrad: --activation: gelu or relu\n"); return EXIT_USAGE; }
+            if ((k = parse_name(name, optarg, activation_names, 2)) < 0) return EXIT_USAGE;
+            o.activation = (ag_activation)k;
             break;
         case O_LOSS:
-            if (strcmp(optarg, "sum") == 0) o.loss = AG_LOSS_SUM;
-            else if (strcmp(optarg, "mse") == 0) o.loss = AG_LOSS_MSE;
-            else if (strcmp(optarg, "grad_output") == 0) o.loss = AG_LOSS_GRAD_OUTPUT;
-            else { fprintf(stderr, "altgrad: --loss: sum, mse or grad_output\n"); return EXIT_USAGE; }
+            if ((k = parse_name(name, optarg, loss_names, 3)) < 0) return EXIT_USAGE;
+            o.loss = (ag_loss_kind)k;
             break;
         case O_METHOD:
-            if (strcmp(optarg, "auto") == 0) o.method.kind = AG_METHOD_AUTO;
-            else if (strcmp(optarg, "exact") == 0) o.method.kind = AG_METHOD_EXACT;
-            else if (strcmp(optarg, "approx") == 0) o.method.kind = AG_METHOD_APPROX;
-            else { fprintf(stderr, "altgrad: --method: auto, exact or approx\n"); return EXIT_USAGE; }
+            if ((k = parse_name(name, optarg, method_names, 3)) < 0) return EXIT_USAGE;
+            o.method.kind = (ag_method_kind)k;
             break;
-        case O_EPSILON:
-            if (parse_double(name, optarg, 1e-300, 1, &dv)) return EXIT_USAGE;
-            if (dv >= 1) {
-                fprintf(stderr, "altgrad: --epsilon: must lie in (0, 1)\n");
-                return EXIT_USAGE;
-            }
+        case O_EPSILON: /* the range is the method contract's, checked below */
+            if (parse_double(name, optarg, -HUGE_VAL, HUGE_VAL, &dv)) return EXIT_USAGE;
             o.method.epsilon = dv;
             epsilon_set = 1;
             break;
         case O_DEGREE:
-            if (parse_long(name, optarg, 1, AG_MAX_DEGREE, &v)) return EXIT_USAGE;
+            if (parse_long(name, optarg, LONG_MIN, LONG_MAX, &v)) return EXIT_USAGE;
+            if (ag_method_degree_check(v, &cerr) != AG_OK) {
+                fprintf(stderr, "altgrad: %s\n", cerr.message);
+                return EXIT_USAGE;
+            }
             o.method.degree = (int)v;
             break;
         case O_ROUTE:
-            if (strcmp(optarg, "features") == 0) o.method.route = AG_ROUTE_FEATURES;
-            else if (strcmp(optarg, "paper") == 0) o.method.route = AG_ROUTE_PAPER;
-            else { fprintf(stderr, "altgrad: --route: features or paper\n"); return EXIT_USAGE; }
+            if ((k = parse_name(name, optarg, route_names, 2)) < 0) return EXIT_USAGE;
+            o.method.route = (ag_route)k;
             break;
         case O_VERIFY: o.verify = 1; break;
         case O_SEED:
@@ -606,6 +628,10 @@ int main(int argc, char **argv)
     }
     if (o.method.kind == AG_METHOD_EXACT && (o.method.degree || epsilon_set)) {
         fprintf(stderr, "altgrad: --epsilon/--degree need --method approx or auto\n");
+        return EXIT_USAGE;
+    }
+    if (ag_method_check(&o.method, &cerr) != AG_OK) {
+        fprintf(stderr, "altgrad: %s\n", cerr.message);
         return EXIT_USAGE;
     }
     if (o.async && o.shards > 1) {
