@@ -4,6 +4,7 @@
 
 #include <curl/curl.h>
 
+#include "../proto/proto.h"
 #include "altgrad_client.h"
 
 struct altgrad_client {

@@ -76,7 +76,6 @@ static int grad_weights(rdecoder *d, json_t *gw)
         return bad(d, "grad_weights", "expected an array with one object per layer");
     r->grad_layers = calloc((size_t)cfg->n_layers, sizeof *r->grad_layers);
     if (!r->grad_layers) return ag_proto_fail(d->err, 500, "out_of_memory", "", "out of memory");
-    r->n_layers = cfg->n_layers;
     for (int l = 0; l < cfg->n_layers; l++) {
         char lpath[48], path[80];
         ag_path_index(lpath, sizeof lpath, "grad_weights", (size_t)l);
@@ -144,7 +143,6 @@ static int method_block(rdecoder *d, json_t *m)
     char *block = calloc(1, n_rep * sizeof(ag_head_report) + text);
     if (!block) return ag_proto_fail(d->err, 500, "out_of_memory", "", "out of memory");
     r->heads = (ag_head_report *)block;
-    r->n_heads = cfg->n_heads;
     char *strings = block + n_rep * sizeof(ag_head_report);
     for (int l = 0; l < cfg->n_layers; l++) {
         json_t *heads = json_object_get(json_array_get(layers, (size_t)l), "heads");
@@ -194,7 +192,6 @@ static int verification(rdecoder *d, json_t *v)
     ag_response *r = d->resp;
     if (!json_is_object(v)) return bad(d, "verification", "expected an object");
     r->has_verification = 1;
-    r->verification.grad_input = NAN;
     if (get_number(d, v, "grad_input", "verification.grad_input", &r->verification.grad_input))
         return -1;
     size_t n = (size_t)cfg->n_layers * AG_P_COUNT;
@@ -238,7 +235,9 @@ static int decode_all(rdecoder *d)
     json_t *e = json_object_get(root, "error");
     if (json_is_object(e)) return error_body(d, e);
 
-    r->cfg = *d->cfg;
+    r->n_layers = d->cfg->n_layers;
+    r->n_heads = d->cfg->n_heads;
+    r->verification.grad_input = NAN;
     json_t *v = json_object_get(root, "loss");
     if (v && json_is_number(v)) {
         r->has_loss = 1;

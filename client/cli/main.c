@@ -12,6 +12,7 @@
 
 #include <jansson.h>
 
+#include "../../proto/proto.h"
 #include "cli.h"
 
 atomic_int cli_interrupted;

@@ -64,7 +64,7 @@ void cli_print_summary(FILE *out, const ag_model_config *cfg, const altgrad_resu
 {
     if (res->has_loss) fprintf(out, "loss          %.9g\n", res->loss);
     else fprintf(out, "loss          (none: grad_output)\n");
-    fprintf(out, "method        %s\n", res->method[0] ? res->method : "?");
+    fprintf(out, "method        %s\n", res->method_name[0] ? res->method_name : "?");
     if (res->heads) {
         for (int l = 0; l < res->n_layers; l++) {
             const ag_head_report *hs = res->heads + (size_t)l * res->n_heads;
@@ -117,12 +117,12 @@ void cli_print_summary(FILE *out, const ag_model_config *cfg, const altgrad_resu
     fputc('\n', out);
     if (res->has_verification) {
         fprintf(out, "verification  relative error vs exact: grad_input %.3g\n",
-                res->verify_grad_input);
-        if (res->verify_layers)
+                res->verification.grad_input);
+        if (res->verification.layers)
             for (int l = 0; l < res->n_layers; l++) {
                 fprintf(out, "  layer %-2d    ", l);
                 for (int p = 0; p < AG_P_COUNT; p++) {
-                    double e = res->verify_layers[(size_t)l * AG_P_COUNT + p];
+                    double e = res->verification.layers[(size_t)l * AG_P_COUNT + p];
                     if (!isnan(e)) fprintf(out, " %s %.3g", ag_param_name(p), e);
                 }
                 fputc('\n', out);

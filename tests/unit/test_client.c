@@ -422,7 +422,7 @@ START_TEST(test_approx_verify)
     altgrad_result res;
     altgrad_error err;
     ck_assert_msg(altgrad_gradients(c, &req, &res, &err) == ALTGRAD_OK, "%s", err.message);
-    ck_assert_str_eq(res.method, "approx");
+    ck_assert_str_eq(res.method_name, "approx");
     ck_assert_ptr_nonnull(res.heads);
     for (int h = 0; h < 2; h++) {
         ck_assert_int_eq(res.heads[h].method, AG_METHOD_APPROX);
@@ -431,11 +431,12 @@ START_TEST(test_approx_verify)
         ck_assert(res.heads[h].error_bound > 0 && res.heads[h].error_bound <= 1e-3);
     }
     ck_assert(res.has_verification);
-    ck_assert_msg(res.verify_grad_input >= 0 && res.verify_grad_input < 0.05, "%g",
-                  res.verify_grad_input);
-    ck_assert_ptr_nonnull(res.verify_layers);
-    ck_assert(!isnan(res.verify_layers[AG_P_WQ]) && res.verify_layers[AG_P_WQ] < 0.05);
-    ck_assert(isnan(res.verify_layers[AG_P_W1])); /* no MLP in this model */
+    ck_assert_msg(res.verification.grad_input >= 0 && res.verification.grad_input < 0.05, "%g",
+                  res.verification.grad_input);
+    ck_assert_ptr_nonnull(res.verification.layers);
+    ck_assert(!isnan(res.verification.layers[AG_P_WQ]) &&
+              res.verification.layers[AG_P_WQ] < 0.05);
+    ck_assert(isnan(res.verification.layers[AG_P_W1])); /* no MLP in this model */
     /* the service's approximate gradient is close to the exact one computed here */
     double d = diff_against_core(&m, AG_LOSS_SUM, &res);
     ck_assert_msg(d < 0.05, "approx vs exact core: %g", d);
