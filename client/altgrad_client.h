@@ -1,4 +1,4 @@
-/* libaltgrad: the C client of the altgrad service (wire contract: API.md).
+/* libaltgrad: the C client of the altgrad service (wire contract: docs/api.md).
  *
  * A caller fills an altgrad_request with plain C arrays (row-major float32, borrowed, never
  * copied or freed by the library) and gets back an altgrad_result whose arrays the library
@@ -42,7 +42,7 @@ typedef enum {
     ALTGRAD_E_TLS,      /* certificate or handshake failure */
     ALTGRAD_E_HTTP_4XX, /* the server rejected the request; code/message/field are its own */
     ALTGRAD_E_HTTP_5XX, /* the server failed or stayed unavailable after retries */
-    ALTGRAD_E_PROTOCOL, /* the response was not what API.md promises */
+    ALTGRAD_E_PROTOCOL, /* the response was not what docs/api.md promises */
     ALTGRAD_E_JOB,      /* a job ended failed or cancelled (altgrad_job_wait) */
     ALTGRAD_E_ABORTED,  /* the caller's abort flag or progress callback stopped the call */
     ALTGRAD_E_NOMEM     /* an allocation failed or a response exceeded max_response_bytes */
@@ -118,7 +118,8 @@ typedef struct {
  * sets layers, input, batch, n, loss and loss_tensor. */
 altgrad_request altgrad_request_init(const ag_model_config *cfg);
 
-/* Checks req against API.md (config, shapes present, loss tensor) without sending. */
+/* Checks req against docs/api.md (config, shapes present, loss tensor, the method contract
+ * of ag_method_check) without sending. */
 altgrad_status altgrad_request_check(const altgrad_request *req, altgrad_error *err);
 
 /* The request body for req with tensors in `encoding` (malloc'd, *len set; free with

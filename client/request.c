@@ -118,7 +118,7 @@ char *altgrad_request_encode(const altgrad_request *req, ag_encoding encoding, s
     w.loss.tensor = req->loss == AG_LOSS_SUM ? NULL : req->loss_tensor;
     w.loss_tensor = (float *)w.loss.tensor;
     w.method = req->method;
-    if (w.method.degree > 0) w.method.epsilon = 0; /* API.md: both is an error */
+    if (w.method.degree > 0) w.method.epsilon = 0; /* docs/api.md: both is an error */
     w.return_mask = req->return_mask ? req->return_mask : AG_RETURN_DEFAULT;
     w.encoding = encoding;
     w.verify = req->verify ? 1 : 0;

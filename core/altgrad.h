@@ -61,7 +61,7 @@ typedef struct {
 /* Returns AG_OK or AG_ERR_INVALID naming the offending field ("model.n_heads", ...). */
 ag_status ag_model_config_check(const ag_model_config *cfg, ag_error *err);
 
-/* The per-layer parameters of API.md. Absent ones (not used by the config) are NULL. */
+/* The per-layer parameters of docs/api.md. Absent ones (not used by the config) are NULL. */
 enum {
     AG_P_WQ = 0, AG_P_WK, AG_P_WV, AG_P_WO,
     AG_P_LN1_GAMMA, AG_P_LN1_BETA, AG_P_LN2_GAMMA, AG_P_LN2_BETA,

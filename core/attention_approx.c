@@ -7,7 +7,7 @@
  *   phi(q^) = weight o m(q^),  psi(k^) = m(k^) in R^r (m: the monomials, feature_map.h)
  *   V' = [v, 1] [n, d+1]                       S' = Psi^T V' = [S | z]  [r, d+1]
  *   Num = Phi S' [n, d+1];  den = Num[:, d];  o = Num[:, :d] / den;  row_stat = den
- * Backward through exactly that function (paper.md section 6 note 5(b)):
+ * Backward through exactly that function (docs/paper_notes.md, "The two backward routes"):
  *   G = [dO, -delta] / den  [n, d+1],  delta_i = dO_i . o_i
  *   dPhi = G S'^T;  dS' = Phi^T G;  dPsi = V' dS'^T;  dv += Psi dS'[:, :d]
  *   dq, dk from dPhi, dPsi through the monomial tree; dk -= mean(dk) undoes the centring;

@@ -1,6 +1,6 @@
 /* Response body -> ag_response (the client's side). Shapes are checked against the model the
  * request was made with; fields this version does not know are ignored (the service may add
- * fields, API.md). Every allocation follows a check that the payload holds what the shape
+ * fields, docs/api.md). Every allocation follows a check that the payload holds what the shape
  * says, so a response can make the client allocate no more than its body implies. */
 #include <math.h>
 #include <stdio.h>
