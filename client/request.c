@@ -332,16 +332,10 @@ altgrad_status altgrad_gradients_sharded(altgrad_client *c, const altgrad_reques
     size_t failed = 0;
     if (st == ALTGRAD_OK) {
         st = xfer_run(c, xs, shards, 1, err, &failed);
-        if (st != ALTGRAD_OK && err) {
-            char prefix[64];
-            int plen = snprintf(prefix, sizeof prefix, "shard %zu of %zu: ", failed + 1, shards);
-            size_t cap = sizeof err->message;
-            if (plen > 0 && (size_t)plen < cap) {
-                /* shift the message right (truncating its tail) and put the prefix in front */
-                memmove(err->message + plen, err->message, cap - (size_t)plen - 1);
-                err->message[cap - 1] = '\0';
-                memcpy(err->message, prefix, (size_t)plen);
-            }
+        if (st != ALTGRAD_OK && err) { /* the same error, its message naming the shard */
+            altgrad_error was = *err;
+            client_fail(err, st, was.code, was.field, "shard %zu of %zu: %s", failed + 1, shards,
+                        was.message);
         }
     }
     for (size_t s = 0; s < shards; s++) {

@@ -1,4 +1,5 @@
-/* Errors of the wire format, their JSON body, the core-to-API mapping, and the limits. */
+/* Errors of the wire format: the one setter, their JSON body both ways, the core-to-API
+ * mapping; the limits; field paths and type names for messages. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -31,6 +32,27 @@ char *ag_error_encode(const ag_proto_error *err, size_t *len)
     ag_buf_json_string(&b, err->field, strnlen(err->field, sizeof err->field));
     ag_buf_puts(&b, "}}");
     return ag_buf_finish(&b, len);
+}
+
+int ag_error_from_json(const json_t *e, const char *no_code, ag_proto_error *err)
+{
+    const char *code = json_string_value(json_object_get(e, "code"));
+    const char *msg = json_string_value(json_object_get(e, "message"));
+    const char *field = json_string_value(json_object_get(e, "field"));
+    ag_proto_fail(err, 0, code ? code : no_code, field ? field : "", "%s", msg ? msg : "");
+    return code || msg;
+}
+
+int ag_error_decode(const char *body, size_t len, ag_proto_error *err)
+{
+    json_error_t jerr;
+    json_t *root = body ? json_loadb(body, len, 0, &jerr) : NULL;
+    json_t *e = json_object_get(root, "error");
+    ag_proto_error got;
+    int rc = json_is_object(e) && ag_error_from_json(e, "", &got) ? 0 : -1;
+    json_decref(root);
+    if (rc == 0) *err = got;
+    return rc;
 }
 
 void ag_proto_from_core(const ag_error *core, ag_proto_error *err)

@@ -31,6 +31,11 @@ int ag_proto_fail(ag_proto_error *err, int http_status, const char *code, const 
  * NULL on allocation failure. */
 char *ag_error_encode(const ag_proto_error *err, size_t *len);
 
+/* Client side, the inverse of ag_error_encode: 0 when body is a JSON object whose "error"
+ * object has a string code or message, with err filled (http_status 0, "" for what is
+ * absent); -1 otherwise, err untouched. */
+int ag_error_decode(const char *body, size_t len, ag_proto_error *err);
+
 /* Maps a core error to a proto error (UNREACHABLE/LIMIT/INVALID -> 400, CANCELLED -> 499-ish
  * "cancelled" with 503, NOMEM -> 500). */
 void ag_proto_from_core(const ag_error *core, ag_proto_error *err);

@@ -131,7 +131,12 @@ int ag_tensor_payload(const ag_jdoc *doc, const ag_tensor_in *t, float *dst,
 int ag_request_decode_ex(const char *body, size_t len, const ag_proto_limits *limits, int lift,
                          ag_request *req, ag_proto_error *err);
 
-/* ---- small helpers (proto/errors.c) ---------------------------------------------------- */
+/* ---- errors (proto/errors.c) ----------------------------------------------------------- */
+
+/* An error object {"code", "message", "field"} into err: http_status 0, no_code for a code
+ * that is absent or not a string, "" for such a message or field. Returns 1 when the code or
+ * the message was a string, else 0. */
+int ag_error_from_json(const json_t *e, const char *no_code, ag_proto_error *err);
 
 /* parent + "." + key (or key alone at the top) into out. */
 void ag_path_key(char *out, size_t cap, const char *parent, const char *key);

@@ -22,13 +22,19 @@ static int bad(rdecoder *d, const char *path, const char *what)
                          path[0] ? path : "body", what);
 }
 
-/* A proto error from the tensor reader, reworded as the response's fault. */
+/* An error of a reader made for requests (the tensor reader, the document loader), reworded
+ * as the response's fault: 502 invalid_response, prefix + its message, same field. */
+static int as_response_fault(ag_proto_error *err, const char *prefix)
+{
+    char msg[sizeof err->message], field[sizeof err->field];
+    memcpy(msg, err->message, sizeof msg);
+    memcpy(field, err->field, sizeof field);
+    return ag_proto_fail(err, 502, "invalid_response", field, "%s%s", prefix, msg);
+}
+
 static int tensor_fail(rdecoder *d)
 {
-    char msg[sizeof d->err->message], field[sizeof d->err->field];
-    memcpy(msg, d->err->message, sizeof msg);
-    memcpy(field, d->err->field, sizeof field);
-    return ag_proto_fail(d->err, 502, "invalid_response", field, "response %s", msg);
+    return as_response_fault(d->err, "response ");
 }
 
 static int get_number(rdecoder *d, json_t *obj, const char *key, const char *path, double *out)
@@ -219,11 +225,7 @@ static int verification(rdecoder *d, json_t *v)
 /* {"error": {"code", "message", "field"}} -> err; http_status 0 (the caller has it). */
 static int error_body(rdecoder *d, json_t *e)
 {
-    json_t *code = json_object_get(e, "code"), *msg = json_object_get(e, "message"),
-           *field = json_object_get(e, "field");
-    ag_proto_fail(d->err, 0, json_is_string(code) ? json_string_value(code) : "unknown_error",
-                  json_is_string(field) ? json_string_value(field) : "", "%s",
-                  json_is_string(msg) ? json_string_value(msg) : "");
+    ag_error_from_json(e, "unknown_error", d->err);
     return -1;
 }
 
@@ -273,12 +275,8 @@ int ag_response_decode(const char *body, size_t len, const ag_model_config *cfg,
         return ag_proto_fail(err, 400, "invalid_request", "model", "invalid model config");
     rdecoder d = {.cfg = cfg, .resp = resp, .err = err};
     if (ag_jdoc_load(&d.doc, body, len, 1, err)) {
-        if (err->http_status == 400 || err->http_status == 413) {
-            char msg[sizeof err->message], field[sizeof err->field];
-            memcpy(msg, err->message, sizeof msg);
-            memcpy(field, err->field, sizeof field);
-            ag_proto_fail(err, 502, "invalid_response", field, "response: %s", msg);
-        }
+        if (err->http_status == 400 || err->http_status == 413)
+            as_response_fault(err, "response: ");
         return -1;
     }
     int rc = decode_all(&d);

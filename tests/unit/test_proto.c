@@ -1493,6 +1493,40 @@ START_TEST(test_error_encode)
 }
 END_TEST
 
+/* ag_error_decode reads what ag_error_encode writes, and only error bodies. */
+START_TEST(test_error_decode)
+{
+    ag_proto_error err, back;
+    ag_proto_fail(&err, 413, "too_large", "layers[2].w1", "layers[2].w1: \"big\"\n, %d", 7);
+    size_t len;
+    char *s = ag_error_encode(&err, &len);
+    memset(&back, 0x5a, sizeof back);
+    ck_assert_int_eq(ag_error_decode(s, len, &back), 0);
+    free(s);
+    ck_assert_int_eq(back.http_status, 0); /* the caller has the HTTP status */
+    ck_assert_str_eq(back.code, err.code);
+    ck_assert_str_eq(back.field, err.field);
+    ck_assert_str_eq(back.message, err.message);
+    /* one of code and message is enough; the rest is "" */
+    const char *only_code = "{\"error\": {\"code\": \"busy\"}}";
+    ck_assert_int_eq(ag_error_decode(only_code, strlen(only_code), &back), 0);
+    ck_assert_str_eq(back.code, "busy");
+    ck_assert_str_eq(back.message, "");
+    ck_assert_str_eq(back.field, "");
+    static const char *const not_errors[] = {
+        "", "<html>502 Bad Gateway</html>", "[]", "{\"loss\": 1}", "{\"error\": \"text\"}",
+        "{\"error\": {\"field\": \"x\"}}", "{\"error\": {\"code\": 3, \"message\": null}}",
+    };
+    for (size_t i = 0; i < sizeof not_errors / sizeof not_errors[0]; i++) {
+        memset(&back, 0x5a, sizeof back);
+        ck_assert_msg(ag_error_decode(not_errors[i], strlen(not_errors[i]), &back) == -1,
+                      "accepted %s", not_errors[i]);
+        ck_assert_int_eq((unsigned char)back.code[0], 0x5a); /* untouched */
+    }
+    ck_assert_int_eq(ag_error_decode(NULL, 0, &back), -1);
+}
+END_TEST
+
 START_TEST(test_from_core)
 {
     static const struct { ag_status st; int http; const char *code; } map[] = {
@@ -1550,6 +1584,7 @@ static Suite *proto_suite(void)
     tcase_add_test(tc, test_request_round_trip);
     tcase_add_test(tc, test_format_float9_matches_printf);
     tcase_add_test(tc, test_error_encode);
+    tcase_add_test(tc, test_error_decode);
     tcase_add_test(tc, test_from_core);
     suite_add_tcase(s, tc);
     return s;
