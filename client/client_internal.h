@@ -68,9 +68,6 @@ long long client_now_ms(void);
 /* Sleeps ms, waking early (returning 1) when the abort flag is raised. */
 int client_sleep_ms(const altgrad_client *client, long ms);
 
-/* A job id is 1..ALTGRAD_JOB_ID_MAX-1 characters of [0-9A-Za-z_-]. */
-int client_job_id_valid(const char *id);
-
 /* Result internals (request.c): decodes body for cfg, checking shape against batch/n when
  * batch != 0. */
 altgrad_status client_result_decode(const char *body, size_t len, const ag_model_config *cfg,

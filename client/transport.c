@@ -79,20 +79,6 @@ int client_sleep_ms(const altgrad_client *client, long ms)
     }
 }
 
-int client_job_id_valid(const char *id)
-{
-    if (!id) return 0;
-    size_t len = strlen(id);
-    if (len == 0 || len >= ALTGRAD_JOB_ID_MAX) return 0;
-    for (size_t i = 0; i < len; i++) {
-        char ch = id[i];
-        int ok = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
-                 (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '_';
-        if (!ok) return 0;
-    }
-    return 1;
-}
-
 /* ---- the handle ------------------------------------------------------------------------ */
 
 altgrad_client_opts altgrad_client_opts_default(void)
@@ -403,11 +389,11 @@ static const char *status_code_name(altgrad_status st)
 }
 
 /* Fills err (status st) from an HTTP error body: the server's code, field and message when it
- * is an error body (ag_error_decode), else "http_<status>" and the body's start. */
+ * is an error body (ag_proto_error_decode), else "http_<status>" and the body's start. */
 static void http_error(const xfer *x, altgrad_status st, altgrad_error *err)
 {
     ag_proto_error pe;
-    if (x->resp && ag_error_decode(x->resp, x->resp_len, &pe) == 0) {
+    if (x->resp && ag_proto_error_decode(x->resp, x->resp_len, &pe) == 0) {
         client_fail(err, st, pe.code, pe.field, "HTTP %ld: %s", x->http_status, pe.message);
         return;
     }

@@ -3,7 +3,8 @@
  * Server side: ag_request_decode() validates a request body into an ag_request;
  * ag_response_encode() renders a core result. Client side: ag_request_encode() renders an
  * ag_request; ag_response_decode() parses a response body. Errors carry an API error code,
- * the HTTP status that fits, a message and the field path ("layers[1].w1").
+ * the HTTP status that fits, a message and the field path ("layers[1].w1"). The types the
+ * client shares (the decoded response, encodings, return bits) are in wire.h.
  */
 #ifndef ALTGRAD_PROTO_H
 #define ALTGRAD_PROTO_H
@@ -34,7 +35,7 @@ char *ag_error_encode(const ag_proto_error *err, size_t *len);
 /* Client side, the inverse of ag_error_encode: 0 when body is a JSON object whose "error"
  * object has a string code or message, with err filled (http_status 0, "" for what is
  * absent); -1 otherwise, err untouched. */
-int ag_error_decode(const char *body, size_t len, ag_proto_error *err);
+int ag_proto_error_decode(const char *body, size_t len, ag_proto_error *err);
 
 /* Maps a core error to a proto error (UNREACHABLE/LIMIT/INVALID -> 400, CANCELLED -> 499-ish
  * "cancelled" with 503, NOMEM -> 500). */

@@ -14,9 +14,9 @@ typedef struct {
     const ag_model_config *cfg;
     ag_response *resp;
     ag_proto_error *err;
-} rdecoder;
+} response_decoder;
 
-static int bad(rdecoder *d, const char *path, const char *what)
+static int bad(response_decoder *d, const char *path, const char *what)
 {
     return ag_proto_fail(d->err, 502, "invalid_response", path, "response %s: %s",
                          path[0] ? path : "body", what);
@@ -32,12 +32,13 @@ static int as_response_fault(ag_proto_error *err, const char *prefix)
     return ag_proto_fail(err, 502, "invalid_response", field, "%s%s", prefix, msg);
 }
 
-static int tensor_fail(rdecoder *d)
+static int tensor_fail(response_decoder *d)
 {
     return as_response_fault(d->err, "response ");
 }
 
-static int get_number(rdecoder *d, json_t *obj, const char *key, const char *path, double *out)
+static int get_number(response_decoder *d, json_t *obj, const char *key, const char *path,
+                      double *out)
 {
     json_t *v = json_object_get(obj, key);
     if (!v) return 0;
@@ -53,7 +54,7 @@ static int get_number(rdecoder *d, json_t *obj, const char *key, const char *pat
 }
 
 /* output / grad_input: [n, d_model] or [batch, n, d_model], the same for both. */
-static int io_tensor(rdecoder *d, json_t *t, const char *path, float **out)
+static int io_tensor(response_decoder *d, json_t *t, const char *path, float **out)
 {
     ag_response *r = d->resp;
     ag_tensor_in h;
@@ -74,7 +75,7 @@ static int io_tensor(rdecoder *d, json_t *t, const char *path, float **out)
     return 0;
 }
 
-static int grad_weights(rdecoder *d, json_t *gw)
+static int grad_weights(response_decoder *d, json_t *gw)
 {
     const ag_model_config *cfg = d->cfg;
     ag_response *r = d->resp;
@@ -84,7 +85,7 @@ static int grad_weights(rdecoder *d, json_t *gw)
     if (!r->grad_layers) return ag_proto_fail(d->err, 500, "out_of_memory", "", "out of memory");
     for (int l = 0; l < cfg->n_layers; l++) {
         char lpath[48], path[80];
-        ag_path_index(lpath, sizeof lpath, "grad_weights", (size_t)l);
+        ag_proto_path_index(lpath, sizeof lpath, "grad_weights", (size_t)l);
         json_t *layer = json_array_get(gw, (size_t)l);
         if (!json_is_object(layer)) return bad(d, lpath, "expected an object");
         const char *key;
@@ -92,7 +93,7 @@ static int grad_weights(rdecoder *d, json_t *gw)
         json_object_foreach(layer, key, v) {
             int idx = ag_param_index(key);
             if (idx >= 0 && !ag_param_numel(cfg, idx)) {
-                ag_path_key(path, sizeof path, lpath, key);
+                ag_proto_path_key(path, sizeof path, lpath, key);
                 return bad(d, path, "a weight this model does not have");
             }
         }
@@ -101,7 +102,7 @@ static int grad_weights(rdecoder *d, json_t *gw)
             size_t shape[2];
             int nd = ag_param_shape(cfg, idx, shape);
             if (!nd) continue;
-            ag_path_key(path, sizeof path, lpath, ag_param_name(idx));
+            ag_proto_path_key(path, sizeof path, lpath, ag_param_name(idx));
             json_t *t = json_object_get(layer, ag_param_name(idx));
             if (!t) return bad(d, path, "missing");
             if (ag_tensor_header(t, path, &h[idx], d->err) ||
@@ -120,7 +121,7 @@ static int grad_weights(rdecoder *d, json_t *gw)
     return 0;
 }
 
-static int method_block(rdecoder *d, json_t *m)
+static int method_block(response_decoder *d, json_t *m)
 {
     const ag_model_config *cfg = d->cfg;
     ag_response *r = d->resp;
@@ -137,7 +138,7 @@ static int method_block(rdecoder *d, json_t *m)
     size_t n_rep = (size_t)cfg->n_layers * (size_t)cfg->n_heads, text = 0;
     for (int l = 0; l < cfg->n_layers; l++) {
         char lpath[48];
-        ag_path_index(lpath, sizeof lpath, "method.layers", (size_t)l);
+        ag_proto_path_index(lpath, sizeof lpath, "method.layers", (size_t)l);
         json_t *heads = json_object_get(json_array_get(layers, (size_t)l), "heads");
         if (!json_is_array(heads) || json_array_size(heads) != (size_t)cfg->n_heads)
             return bad(d, lpath, "expected {\"heads\": [...]} with one entry per head");
@@ -192,7 +193,7 @@ static int method_block(rdecoder *d, json_t *m)
     return 0;
 }
 
-static int verification(rdecoder *d, json_t *v)
+static int verification(response_decoder *d, json_t *v)
 {
     const ag_model_config *cfg = d->cfg;
     ag_response *r = d->resp;
@@ -211,7 +212,7 @@ static int verification(rdecoder *d, json_t *v)
         return bad(d, "verification.layers", "expected an array with one object per layer");
     for (int l = 0; l < cfg->n_layers; l++) {
         char path[64];
-        ag_path_index(path, sizeof path, "verification.layers", (size_t)l);
+        ag_proto_path_index(path, sizeof path, "verification.layers", (size_t)l);
         json_t *o = json_array_get(layers, (size_t)l);
         if (!json_is_object(o)) return bad(d, path, "expected an object");
         for (int idx = 0; idx < AG_P_COUNT; idx++)
@@ -223,13 +224,13 @@ static int verification(rdecoder *d, json_t *v)
 }
 
 /* {"error": {"code", "message", "field"}} -> err; http_status 0 (the caller has it). */
-static int error_body(rdecoder *d, json_t *e)
+static int error_body(response_decoder *d, json_t *e)
 {
-    ag_error_from_json(e, "unknown_error", d->err);
+    ag_proto_error_from_json(e, "unknown_error", d->err);
     return -1;
 }
 
-static int decode_all(rdecoder *d)
+static int decode_all(response_decoder *d)
 {
     ag_response *r = d->resp;
     json_t *root = d->doc.root;
@@ -273,7 +274,7 @@ int ag_response_decode(const char *body, size_t len, const ag_model_config *cfg,
     ag_error ce;
     if (!cfg || ag_model_config_check(cfg, &ce) != AG_OK)
         return ag_proto_fail(err, 400, "invalid_request", "model", "invalid model config");
-    rdecoder d = {.cfg = cfg, .resp = resp, .err = err};
+    response_decoder d = {.cfg = cfg, .resp = resp, .err = err};
     if (ag_jdoc_load(&d.doc, body, len, 1, err)) {
         if (err->http_status == 400 || err->http_status == 413)
             as_response_fault(err, "response: ");
