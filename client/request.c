@@ -215,6 +215,7 @@ static altgrad_status merged_alloc(altgrad_result *m, const altgrad_request *req
     m->batch = req->batch;
     m->n = req->n;
     m->d_model = d;
+    m->batched = like->batched; /* shards go out 3-d */
     m->n_layers = like->n_layers;
     m->n_heads = like->n_heads;
     m->has_loss = like->has_loss;

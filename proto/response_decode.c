@@ -161,19 +161,24 @@ static int method_block(response_decoder *d, json_t *m)
             if (!json_is_object(o)) return bad(d, path, "expected an object");
             json_t *v = json_object_get(o, "method");
             const char *s = json_is_string(v) ? json_string_value(v) : "";
-            if (strcmp(s, "approx") == 0) rep->method = AG_METHOD_APPROX;
-            else if (strcmp(s, "exact") == 0) rep->method = AG_METHOD_EXACT;
+            if (strcmp(s, ag_method_name(AG_METHOD_APPROX)) == 0) rep->method = AG_METHOD_APPROX;
+            else if (strcmp(s, ag_method_name(AG_METHOD_EXACT)) == 0) rep->method = AG_METHOD_EXACT;
             else return bad(d, path, "method must be \"exact\" or \"approx\"");
             v = json_object_get(o, "route");
-            rep->route = json_is_string(v) && strcmp(json_string_value(v), "paper") == 0
+            rep->route = json_is_string(v) &&
+                                 strcmp(json_string_value(v), ag_route_name(AG_ROUTE_PAPER)) == 0
                              ? AG_ROUTE_PAPER : AG_ROUTE_FEATURES;
             v = json_object_get(o, "poly");
-            rep->poly = json_is_string(v) && strcmp(json_string_value(v), "taylor") == 0
+            rep->poly = json_is_string(v) &&
+                                strcmp(json_string_value(v), ag_poly_name(AG_POLY_TAYLOR)) == 0
                             ? AG_POLY_TAYLOR : AG_POLY_CHEBYSHEV;
             v = json_object_get(o, "degree");
             if (v && (!json_is_integer(v) || json_integer_value(v) < 0 ||
-                      json_integer_value(v) > AG_MAX_DEGREE))
-                return bad(d, path, "degree must be an integer 0..20");
+                      json_integer_value(v) > AG_MAX_DEGREE)) {
+                char what[48];
+                snprintf(what, sizeof what, "degree must be an integer 0..%d", AG_MAX_DEGREE);
+                return bad(d, path, what);
+            }
             rep->degree = v ? (int)json_integer_value(v) : 0;
             v = json_object_get(o, "rank");
             if (v && (!json_is_integer(v) || json_integer_value(v) < 0))

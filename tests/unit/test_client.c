@@ -470,6 +470,10 @@ START_TEST(test_sharded_equals_unsharded)
                           "outputs are not the concatenation");
             ck_assert_ptr_nonnull(part.heads);
             ck_assert_int_eq(part.n_layers, 2);
+            /* the merged result describes itself like a decoded one */
+            ck_assert_int_eq(part.batched, whole.batched);
+            ck_assert_str_eq(part.method_name, whole.method_name);
+            ck_assert_int_eq(part.n_heads, whole.n_heads);
             altgrad_result_free(&part);
         }
         altgrad_result_free(&whole);
