@@ -1,4 +1,4 @@
-/* libaltgrad: the C client of the altgrad service (wire contract: API.md).
+/* libaltgrad: the C client of the altgrad service (wire contract: docs/api.md).
  *
  * A caller fills an altgrad_request with plain C arrays (row-major float32, borrowed, never
  * copied or freed by the library) and gets back an altgrad_result whose arrays the library
@@ -30,7 +30,7 @@
 #include <stddef.h>
 
 #include "../core/altgrad.h"
-#include "../proto/proto.h"
+#include "../proto/wire.h"
 
 /* ---- errors ---------------------------------------------------------------------------- */
 
@@ -42,7 +42,7 @@ typedef enum {
     ALTGRAD_E_TLS,      /* certificate or handshake failure */
     ALTGRAD_E_HTTP_4XX, /* the server rejected the request; code/message/field are its own */
     ALTGRAD_E_HTTP_5XX, /* the server failed or stayed unavailable after retries */
-    ALTGRAD_E_PROTOCOL, /* the response was not what API.md promises */
+    ALTGRAD_E_PROTOCOL, /* the response was not what docs/api.md promises */
     ALTGRAD_E_JOB,      /* a job ended failed or cancelled (altgrad_job_wait) */
     ALTGRAD_E_ABORTED,  /* the caller's abort flag or progress callback stopped the call */
     ALTGRAD_E_NOMEM     /* an allocation failed or a response exceeded max_response_bytes */
@@ -110,7 +110,7 @@ typedef struct {
     const float *loss_tensor;      /* mse: target, grad_output: dL/dy, [batch, n, d_model];
                                     * NULL for sum */
     ag_method method;              /* ag_method_default(AG_METHOD_AUTO) for the default */
-    unsigned return_mask;          /* AG_RETURN_* of proto.h; 0 = AG_RETURN_DEFAULT */
+    unsigned return_mask;          /* AG_RETURN_* of proto/wire.h; 0 = AG_RETURN_DEFAULT */
     int verify;                    /* also run exact on the server and report the errors */
 } altgrad_request;
 
@@ -118,7 +118,8 @@ typedef struct {
  * sets layers, input, batch, n, loss and loss_tensor. */
 altgrad_request altgrad_request_init(const ag_model_config *cfg);
 
-/* Checks req against API.md (config, shapes present, loss tensor) without sending. */
+/* Checks req against docs/api.md (config, shapes present, loss tensor, the method contract
+ * of ag_method_check) without sending. */
 altgrad_status altgrad_request_check(const altgrad_request *req, altgrad_error *err);
 
 /* The request body for req with tensors in `encoding` (malloc'd, *len set; free with
@@ -126,24 +127,11 @@ altgrad_status altgrad_request_check(const altgrad_request *req, altgrad_error *
 char *altgrad_request_encode(const altgrad_request *req, ag_encoding encoding, size_t *len,
                              altgrad_error *err);
 
-/* A decoded response. Arrays are library-owned; release everything with altgrad_result_free.
- * Absent things (not asked for, not in the config) are NULL. */
-typedef struct {
-    int has_loss;                 /* 0 for grad_output */
-    double loss;
-    size_t batch, n, d_model;     /* shape of output and grad_input */
-    float *output;                /* [batch, n, d_model] when AG_RETURN_OUTPUT was asked */
-    float *grad_input;            /* [batch, n, d_model] */
-    int n_layers, n_heads;
-    ag_layer_params *grad_layers; /* [n_layers]; p[i] where the config uses parameter i */
-    ag_head_report *heads;        /* [n_layers * n_heads], layer-major; reason may be NULL */
-    char method[16];              /* the method block's name */
-    int has_verification;
-    double verify_grad_input;     /* measured relative error of grad_input (verify) */
-    double *verify_layers;        /* [n_layers * AG_P_COUNT], NaN where absent (verify) */
-    ag_timing timing;             /* the server's decode/compute/encode milliseconds */
-    void *priv;                   /* library bookkeeping */
-} altgrad_result;
+/* A decoded response: proto's ag_response (proto/wire.h has its fields: loss, grad_input,
+ * grad_layers, heads, method_name, verification, timing). Arrays are library-owned; release
+ * everything with altgrad_result_free. Absent things (not asked for, not in the config) are
+ * NULL. */
+typedef ag_response altgrad_result;
 
 /* Frees everything a result owns; NULL-safe; leaves it zeroed. */
 void altgrad_result_free(altgrad_result *res);

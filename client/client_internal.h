@@ -4,6 +4,7 @@
 
 #include <curl/curl.h>
 
+#include "../proto/proto.h"
 #include "altgrad_client.h"
 
 struct altgrad_client {
@@ -66,9 +67,6 @@ long long client_now_ms(void);
 
 /* Sleeps ms, waking early (returning 1) when the abort flag is raised. */
 int client_sleep_ms(const altgrad_client *client, long ms);
-
-/* A job id is 1..ALTGRAD_JOB_ID_MAX-1 characters of [0-9A-Za-z_-]. */
-int client_job_id_valid(const char *id);
 
 /* Result internals (request.c): decodes body for cfg, checking shape against batch/n when
  * batch != 0. */

@@ -38,6 +38,21 @@ static altgrad_status exchange(altgrad_client *c, xfer *x, xfer_method method, c
     return st;
 }
 
+/* A job id is 1..ALTGRAD_JOB_ID_MAX-1 characters of [0-9A-Za-z_-]. */
+static int job_id_valid(const char *id)
+{
+    if (!id) return 0;
+    size_t len = strlen(id);
+    if (len == 0 || len >= ALTGRAD_JOB_ID_MAX) return 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = id[i];
+        int ok = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
+                 (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '_';
+        if (!ok) return 0;
+    }
+    return 1;
+}
+
 static int job_path(char *out, size_t cap, const char *id, const char *suffix)
 {
     return snprintf(out, cap, "/v1/jobs/%s%s", id, suffix) < (int)cap;
@@ -45,7 +60,7 @@ static int job_path(char *out, size_t cap, const char *id, const char *suffix)
 
 #define CHECK_ID(id)                                                                           \
     do {                                                                                       \
-        if (!client_job_id_valid(id))                                                          \
+        if (!job_id_valid(id))                                                                 \
             return client_fail(err, ALTGRAD_E_ARG, "bad_argument", "id",                       \
                                "job id must be 1..%d characters of [0-9A-Za-z_-]",             \
                                ALTGRAD_JOB_ID_MAX - 1);                                        \
@@ -107,7 +122,7 @@ altgrad_status altgrad_job_submit(altgrad_client *c, const altgrad_request *req,
         json_error_t jerr;
         json_t *root = json_loadb(x.resp ? x.resp : "", x.resp_len, 0, &jerr);
         const char *got = json_string_value(json_object_get(root, "id"));
-        if (!client_job_id_valid(got))
+        if (!job_id_valid(got))
             st = client_fail(err, ALTGRAD_E_PROTOCOL, "bad_response", "id",
                              "job submission answered without a valid id");
         else

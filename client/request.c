@@ -8,12 +8,6 @@
 
 #include "client_internal.h"
 
-/* What a result owns besides its public arrays: the decoded response they point into. A
- * merged (sharded) result has no priv and owns its arrays directly. */
-typedef struct {
-    ag_response resp;
-} result_priv;
-
 /* ---- requests -------------------------------------------------------------------------- */
 
 altgrad_request altgrad_request_init(const ag_model_config *cfg)
@@ -93,17 +87,8 @@ altgrad_status altgrad_request_check(const altgrad_request *req, altgrad_error *
     default:
         return client_fail(err, ALTGRAD_E_ARG, "invalid_value", "loss.type", "unknown loss");
     }
-    const ag_method *m = &req->method;
-    if (m->kind != AG_METHOD_EXACT && m->kind != AG_METHOD_APPROX && m->kind != AG_METHOD_AUTO)
-        return client_fail(err, ALTGRAD_E_ARG, "invalid_value", "method.name", "unknown method");
-    if (m->kind != AG_METHOD_EXACT) {
-        if (m->degree < 0 || m->degree > AG_MAX_DEGREE)
-            return client_fail(err, ALTGRAD_E_ARG, "invalid_value", "method.degree",
-                               "degree must be 1..%d, got %d", AG_MAX_DEGREE, m->degree);
-        if (m->degree == 0 && !(m->epsilon > 0 && m->epsilon < 1))
-            return client_fail(err, ALTGRAD_E_ARG, "invalid_value", "method.epsilon",
-                               "epsilon must lie in (0, 1), got %g", m->epsilon);
-    }
+    if (ag_method_check(&req->method, &cerr) != AG_OK)
+        return client_fail(err, ALTGRAD_E_ARG, "invalid_value", cerr.field, "%s", cerr.message);
     return ALTGRAD_OK;
 }
 
@@ -133,7 +118,7 @@ char *altgrad_request_encode(const altgrad_request *req, ag_encoding encoding, s
     w.loss.tensor = req->loss == AG_LOSS_SUM ? NULL : req->loss_tensor;
     w.loss_tensor = (float *)w.loss.tensor;
     w.method = req->method;
-    if (w.method.degree > 0) w.method.epsilon = 0; /* API.md: both is an error */
+    if (w.method.degree > 0) w.method.epsilon = 0; /* docs/api.md: both is an error */
     w.return_mask = req->return_mask ? req->return_mask : AG_RETURN_DEFAULT;
     w.encoding = encoding;
     w.verify = req->verify ? 1 : 0;
@@ -152,64 +137,26 @@ char *altgrad_request_encode(const altgrad_request *req, ag_encoding encoding, s
 
 void altgrad_result_free(altgrad_result *res)
 {
-    if (!res) return;
-    result_priv *priv = res->priv;
-    if (priv) {
-        ag_response_free(&priv->resp);
-        free(priv);
-    } else {
-        free(res->output);
-        free(res->grad_input);
-        if (res->grad_layers)
-            for (int l = 0; l < res->n_layers; l++) ag_layer_params_free(&res->grad_layers[l]);
-        free(res->grad_layers);
-        free(res->heads);
-        free(res->verify_layers);
-    }
-    memset(res, 0, sizeof *res);
+    ag_response_free(res);
 }
 
 altgrad_status client_result_decode(const char *body, size_t len, const ag_model_config *cfg,
                                     size_t batch, size_t n, altgrad_result *res,
                                     altgrad_error *err)
 {
-    memset(res, 0, sizeof *res);
-    result_priv *priv = calloc(1, sizeof *priv);
-    if (!priv) return client_fail(err, ALTGRAD_E_NOMEM, "out_of_memory", "", "out of memory");
     ag_proto_error perr;
     memset(&perr, 0, sizeof perr);
-    if (ag_response_decode(body, len, cfg, &priv->resp, &perr) != 0) {
-        free(priv);
+    if (ag_response_decode(body, len, cfg, res, &perr) != 0)
         return client_fail(err, ALTGRAD_E_PROTOCOL, "bad_response", perr.field,
                            "response: %s", perr.message);
-    }
-    ag_response *r = &priv->resp;
-    if (batch != 0 && (r->grad_input || r->output) &&
-        (r->batch != batch || r->n != n || r->d_model != (size_t)cfg->d_model)) {
+    if (batch != 0 && (res->grad_input || res->output) &&
+        (res->batch != batch || res->n != n || res->d_model != (size_t)cfg->d_model)) {
         client_fail(err, ALTGRAD_E_PROTOCOL, "bad_response", "grad_input",
-                    "response shape [%zu, %zu, %zu], expected [%zu, %zu, %d]", r->batch, r->n,
-                    r->d_model, batch, n, cfg->d_model);
-        ag_response_free(r);
-        free(priv);
+                    "response shape [%zu, %zu, %zu], expected [%zu, %zu, %d]", res->batch,
+                    res->n, res->d_model, batch, n, cfg->d_model);
+        ag_response_free(res);
         return ALTGRAD_E_PROTOCOL;
     }
-    res->priv = priv;
-    res->has_loss = r->has_loss;
-    res->loss = r->loss;
-    res->batch = r->batch;
-    res->n = r->n;
-    res->d_model = r->d_model;
-    res->output = r->output;
-    res->grad_input = r->grad_input;
-    res->n_layers = r->grad_layers ? r->n_layers : cfg->n_layers;
-    res->n_heads = r->heads ? r->n_heads : cfg->n_heads;
-    res->grad_layers = r->grad_layers;
-    res->heads = r->heads;
-    snprintf(res->method, sizeof res->method, "%s", r->method_name);
-    res->has_verification = r->has_verification;
-    res->verify_grad_input = r->has_verification ? r->verification.grad_input : NAN;
-    res->verify_layers = r->has_verification ? r->verification.layers : NULL;
-    res->timing = r->timing;
     return ALTGRAD_OK;
 }
 
@@ -268,12 +215,13 @@ static altgrad_status merged_alloc(altgrad_result *m, const altgrad_request *req
     m->batch = req->batch;
     m->n = req->n;
     m->d_model = d;
+    m->batched = like->batched; /* shards go out 3-d */
     m->n_layers = like->n_layers;
     m->n_heads = like->n_heads;
     m->has_loss = like->has_loss;
-    snprintf(m->method, sizeof m->method, "%s", like->method);
+    snprintf(m->method_name, sizeof m->method_name, "%s", like->method_name);
     m->has_verification = like->has_verification;
-    m->verify_grad_input = NAN;
+    m->verification.grad_input = NAN;
     int fail = 0;
     if (like->grad_input && !(m->grad_input = calloc(count, sizeof(float)))) fail = 1;
     if (like->output && !(m->output = calloc(count, sizeof(float)))) fail = 1;
@@ -289,11 +237,11 @@ static altgrad_status merged_alloc(altgrad_result *m, const altgrad_request *req
         if (!m->heads) fail = 1;
         for (size_t i = 0; i < nh && !fail; i++) m->heads[i].error_bound = -1.0;
     }
-    if (like->has_verification && like->verify_layers && !fail) {
+    if (like->has_verification && like->verification.layers && !fail) {
         size_t nv = (size_t)like->n_layers * AG_P_COUNT;
-        m->verify_layers = malloc(nv * sizeof(double));
-        if (!m->verify_layers) fail = 1;
-        for (size_t i = 0; i < nv && !fail; i++) m->verify_layers[i] = NAN;
+        m->verification.layers = malloc(nv * sizeof(double));
+        if (!m->verification.layers) fail = 1;
+        for (size_t i = 0; i < nv && !fail; i++) m->verification.layers[i] = NAN;
     }
     return fail ? ALTGRAD_E_NOMEM : ALTGRAD_OK;
 }
@@ -331,10 +279,12 @@ static altgrad_status merge_shard(altgrad_result *m, const altgrad_request *req,
     }
     if (s->has_verification) {
         m->has_verification = 1;
-        m->verify_grad_input = fmax_nan(m->verify_grad_input, s->verify_grad_input);
-        if (m->verify_layers && s->verify_layers)
+        ag_verification *mv = &m->verification;
+        const ag_verification *sv = &s->verification;
+        mv->grad_input = fmax_nan(mv->grad_input, sv->grad_input);
+        if (mv->layers && sv->layers)
             for (size_t i = 0; i < (size_t)m->n_layers * AG_P_COUNT; i++)
-                m->verify_layers[i] = fmax_nan(m->verify_layers[i], s->verify_layers[i]);
+                mv->layers[i] = fmax_nan(mv->layers[i], sv->layers[i]);
     }
     m->timing.decode_ms = fmax_nan(m->timing.decode_ms, s->timing.decode_ms);
     m->timing.compute_ms = fmax_nan(m->timing.compute_ms, s->timing.compute_ms);
@@ -383,16 +333,10 @@ altgrad_status altgrad_gradients_sharded(altgrad_client *c, const altgrad_reques
     size_t failed = 0;
     if (st == ALTGRAD_OK) {
         st = xfer_run(c, xs, shards, 1, err, &failed);
-        if (st != ALTGRAD_OK && err) {
-            char prefix[64];
-            int plen = snprintf(prefix, sizeof prefix, "shard %zu of %zu: ", failed + 1, shards);
-            size_t cap = sizeof err->message;
-            if (plen > 0 && (size_t)plen < cap) {
-                /* shift the message right (truncating its tail) and put the prefix in front */
-                memmove(err->message + plen, err->message, cap - (size_t)plen - 1);
-                err->message[cap - 1] = '\0';
-                memcpy(err->message, prefix, (size_t)plen);
-            }
+        if (st != ALTGRAD_OK && err) { /* the same error, its message naming the shard */
+            altgrad_error was = *err;
+            client_fail(err, st, was.code, was.field, "shard %zu of %zu: %s", failed + 1, shards,
+                        was.message);
         }
     }
     for (size_t s = 0; s < shards; s++) {

@@ -10,8 +10,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <jansson.h>
-
 #include "client_internal.h"
 
 /* ---- errors ---------------------------------------------------------------------------- */
@@ -79,20 +77,6 @@ int client_sleep_ms(const altgrad_client *client, long ms)
         while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
         }
     }
-}
-
-int client_job_id_valid(const char *id)
-{
-    if (!id) return 0;
-    size_t len = strlen(id);
-    if (len == 0 || len >= ALTGRAD_JOB_ID_MAX) return 0;
-    for (size_t i = 0; i < len; i++) {
-        char ch = id[i];
-        int ok = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
-                 (ch >= 'A' && ch <= 'Z') || ch == '-' || ch == '_';
-        if (!ok) return 0;
-    }
-    return 1;
 }
 
 /* ---- the handle ------------------------------------------------------------------------ */
@@ -404,34 +388,23 @@ static const char *status_code_name(altgrad_status st)
     }
 }
 
-/* Copies {"error": {"code", "message", "field"}} out of an HTTP error body when it is one. */
-static void parse_error_body(const xfer *x, altgrad_error *err)
+/* Fills err (status st) from an HTTP error body: the server's code, field and message when it
+ * is an error body (ag_proto_error_decode), else "http_<status>" and the body's start. */
+static void http_error(const xfer *x, altgrad_status st, altgrad_error *err)
 {
-    json_error_t jerr;
-    json_t *root = x->resp ? json_loadb(x->resp, x->resp_len, 0, &jerr) : NULL;
-    json_t *e = root ? json_object_get(root, "error") : NULL;
-    const char *code = NULL, *msg = NULL, *field = NULL;
-    if (json_is_object(e)) {
-        code = json_string_value(json_object_get(e, "code"));
-        msg = json_string_value(json_object_get(e, "message"));
-        field = json_string_value(json_object_get(e, "field"));
+    ag_proto_error pe;
+    if (x->resp && ag_proto_error_decode(x->resp, x->resp_len, &pe) == 0) {
+        client_fail(err, st, pe.code, pe.field, "HTTP %ld: %s", x->http_status, pe.message);
+        return;
     }
-    if (code || msg) {
-        snprintf(err->code, sizeof err->code, "%s", code ? code : "");
-        snprintf(err->field, sizeof err->field, "%s", field ? field : "");
-        snprintf(err->message, sizeof err->message, "HTTP %ld: %s", x->http_status,
-                 msg ? msg : "");
-    } else {
-        snprintf(err->code, sizeof err->code, "http_%ld", x->http_status);
-        err->field[0] = '\0';
-        /* not our JSON (a proxy's page, say): keep its start, minus line breaks */
-        int shown = x->resp ? (int)(x->resp_len < 200 ? x->resp_len : 200) : 0;
-        snprintf(err->message, sizeof err->message, "HTTP %ld: %.*s", x->http_status, shown,
-                 x->resp ? x->resp : "");
-        for (char *p = err->message; *p; p++)
-            if (*p == '\n' || *p == '\r') *p = ' ';
-    }
-    json_decref(root);
+    char code[24];
+    snprintf(code, sizeof code, "http_%ld", x->http_status);
+    /* not our JSON (a proxy's page, say): keep its start, minus line breaks */
+    int shown = x->resp ? (int)(x->resp_len < 200 ? x->resp_len : 200) : 0;
+    client_fail(err, st, code, "", "HTTP %ld: %.*s", x->http_status, shown,
+                x->resp ? x->resp : "");
+    for (char *p = err->message; *p; p++)
+        if (*p == '\n' || *p == '\r') *p = ' ';
 }
 
 /* Fills err from a finished, failed transfer and returns its status. */
@@ -440,21 +413,13 @@ static altgrad_status xfer_error(const xfer *x, altgrad_error *err)
     altgrad_status st;
     if (x->cc != CURLE_OK) {
         st = curl_code_status(x->cc);
-        if (err) {
-            err->status = st;
-            snprintf(err->code, sizeof err->code, "%s", status_code_name(st));
-            err->field[0] = '\0';
-            snprintf(err->message, sizeof err->message, "%s: %s", x->url,
-                     x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->cc));
-        }
+        client_fail(err, st, status_code_name(st), "", "%s: %s", x->url,
+                    x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->cc));
     } else {
         st = x->http_status >= 500   ? ALTGRAD_E_HTTP_5XX
              : x->http_status >= 400 ? ALTGRAD_E_HTTP_4XX
                                      : ALTGRAD_E_PROTOCOL;
-        if (err) {
-            err->status = st;
-            parse_error_body(x, err);
-        }
+        if (err) http_error(x, st, err);
     }
     if (err) {
         err->http_status = x->http_status;

@@ -61,7 +61,7 @@ typedef struct {
 /* Returns AG_OK or AG_ERR_INVALID naming the offending field ("model.n_heads", ...). */
 ag_status ag_model_config_check(const ag_model_config *cfg, ag_error *err);
 
-/* The per-layer parameters of API.md. Absent ones (not used by the config) are NULL. */
+/* The per-layer parameters of docs/api.md. Absent ones (not used by the config) are NULL. */
 enum {
     AG_P_WQ = 0, AG_P_WK, AG_P_WV, AG_P_WO,
     AG_P_LN1_GAMMA, AG_P_LN1_BETA, AG_P_LN2_GAMMA, AG_P_LN2_BETA,
@@ -115,6 +115,15 @@ typedef struct {
 
 /* exact: "exact"; approx/auto: epsilon AG_DEFAULT_EPSILON, features route, Chebyshev. */
 ag_method ag_method_default(ag_method_kind kind);
+/* The method contract (core/method.c), run by every layer that accepts a method: kind, route
+ * and poly known; for approx/auto a degree from ag_method_degree_check, or degree 0 and epsilon
+ * in (0, 1). AG_OK or AG_ERR_INVALID with err->field the wire path ("method.epsilon") and the
+ * message starting with it. The wire's "epsilon or degree, not both" is a rule of the JSON
+ * (the struct holds both; degree > 0 wins), checked where the JSON is read. */
+ag_status ag_method_check(const ag_method *m, ag_error *err);
+/* A fixed degree as a caller gave it (the wire's "degree", the CLI's --degree): AG_OK for
+ * 1..AG_MAX_DEGREE, else AG_ERR_INVALID at "method.degree". */
+ag_status ag_method_degree_check(long long degree, ag_error *err);
 const char *ag_method_name(ag_method_kind kind);
 const char *ag_route_name(ag_route route);
 const char *ag_poly_name(ag_poly poly);

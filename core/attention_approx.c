@@ -7,7 +7,7 @@
  *   phi(q^) = weight o m(q^),  psi(k^) = m(k^) in R^r (m: the monomials, feature_map.h)
  *   V' = [v, 1] [n, d+1]                       S' = Psi^T V' = [S | z]  [r, d+1]
  *   Num = Phi S' [n, d+1];  den = Num[:, d];  o = Num[:, :d] / den;  row_stat = den
- * Backward through exactly that function (paper.md section 6 note 5(b)):
+ * Backward through exactly that function (docs/paper_notes.md, "The two backward routes"):
  *   G = [dO, -delta] / den  [n, d+1],  delta_i = dO_i . o_i
  *   dPhi = G S'^T;  dS' = Phi^T G;  dPsi = V' dS'^T;  dv += Psi dS'[:, :d]
  *   dq, dk from dPhi, dPsi through the monomial tree; dk -= mean(dk) undoes the centring;
@@ -197,24 +197,6 @@ static ag_status find_approx(const ag_method *m, size_t d_head, size_t n, double
     return candidate_fail(c, err, AG_ERR_UNREACHABLE, "R too large for float32", "method", msg);
 }
 
-static ag_status check_method(const ag_method *m, ag_error *err)
-{
-    if (m->kind != AG_METHOD_EXACT && m->kind != AG_METHOD_APPROX && m->kind != AG_METHOD_AUTO)
-        return ag_error_set(err, AG_ERR_INVALID, "method.name", "unknown method");
-    if (m->kind == AG_METHOD_EXACT) return AG_OK;
-    if (m->degree < 0 || m->degree > AG_MAX_DEGREE)
-        return ag_error_set(err, AG_ERR_INVALID, "method.degree",
-                            "degree must be 1..%d, got %d", AG_MAX_DEGREE, m->degree);
-    if (m->degree == 0 && !(m->epsilon > 0 && m->epsilon < 1))
-        return ag_error_set(err, AG_ERR_INVALID, "method.epsilon",
-                            "epsilon must lie strictly between 0 and 1, got %g", m->epsilon);
-    if (m->poly != AG_POLY_CHEBYSHEV && m->poly != AG_POLY_TAYLOR)
-        return ag_error_set(err, AG_ERR_INVALID, "method.poly", "unknown polynomial");
-    if (m->route != AG_ROUTE_FEATURES && m->route != AG_ROUTE_PAPER)
-        return ag_error_set(err, AG_ERR_INVALID, "method.route", "unknown route");
-    return AG_OK;
-}
-
 static void plan_exact(ag_head_plan *plan, const ag_method *m, double R, const char *reason)
 {
     memset(plan, 0, sizeof *plan);
@@ -231,7 +213,7 @@ ag_status ag_head_plan_choose(const ag_method *method, size_t d_head, size_t n, 
 {
     if (!method || !plan || d_head < 1 || n < 1)
         return ag_error_set(err, AG_ERR_INVALID, "method", "bad plan arguments");
-    ag_status st = check_method(method, err);
+    ag_status st = ag_method_check(method, err);
     if (st != AG_OK) return st;
     if (method->kind == AG_METHOD_EXACT) {
         plan_exact(plan, method, R, "exact requested");

@@ -1,7 +1,7 @@
 /* Route paper (AG_ROUTE_PAPER): the paper's Algorithm 1 with its errata fixed. The EXACT
  * softmax-attention gradient formula with the attention matrix replaced by its low-rank
  * polynomial factors, O(n r d_head^2) (arXiv 2408.13233 section 3, Lemmas I.6-I.8;
- * ../shared/research/paper.md sections 3.2-3.4 and 4; docs/paper_route.md).
+ * docs/paper_notes.md, "The errata" and "The causal case"; docs/paper_route.md).
  *
  * Shapes, one head (views [n, ld], d = d_head columns used, r = C(d+g, g)), in the kernel's
  * scaled, centred variables (core/approx_internal.h): q^_i = qscale q_i,
@@ -9,7 +9,7 @@
  *   A_ij = phi_i . psi_j ~ e^{s_ij},  phi = weight o m(q^), psi = m(k^)            [n, r]
  *   D_i = row_stat_i = sum_j A_ij,  P = D^{-1} A,  O = P V  (the approximate forward's o)
  *   G_i = [dO_i, -delta_i] / D_i [d+1],  delta_i = dO_i . O_i;  V'_j = [v_j, 1] [d+1]
- * The exact gradient with P in place of softmax (DESIGN.md), with the transposes that the
+ * The exact gradient (docs/paper_notes.md) with P for softmax, with the transposes that the
  * paper's printed dL/dX (f for f^T, W for W^T) and dL/dW_V (f for f^T) drop:
  *   dS_ij = P_ij (dO_i . v_j - delta_i) = A_ij (G_i . V'_j)   dS = P o (dO V^T) - diag(delta) P
  *   dq^_i = sum_j dS_ij k^_j      (dS K)

@@ -1,4 +1,5 @@
-/* Monomial feature maps of the polynomial low-rank attention (DESIGN.md point 3).
+/* Monomial feature maps of the polynomial low-rank attention (docs/paper_notes.md, "The
+ * low-rank construction").
  *
  * For p(x) = sum_k a_k x^k and vectors q, k in R^d:
  *   p(q . k) = sum_{|alpha| <= g} phi(q)_alpha psi(k)_alpha,

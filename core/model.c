@@ -778,22 +778,7 @@ static ag_status validate(const ag_model_config *cfg, const ag_layer_params *lay
         break;
     default: return ag_error_set(err, AG_ERR_INVALID, "loss.type", "unknown loss type");
     }
-    if (!method) return ag_error_set(err, AG_ERR_INVALID, "method", "missing method");
-    if (method->kind != AG_METHOD_EXACT && method->kind != AG_METHOD_APPROX &&
-        method->kind != AG_METHOD_AUTO)
-        return ag_error_set(err, AG_ERR_INVALID, "method.name", "unknown method");
-    if (method->kind != AG_METHOD_EXACT) {
-        if (method->degree < 0 || method->degree > AG_MAX_DEGREE)
-            return ag_error_set(err, AG_ERR_INVALID, "method.degree",
-                                "degree must be in 1..%d, got %d", AG_MAX_DEGREE, method->degree);
-        if (method->degree == 0 && !(method->epsilon > 0 && method->epsilon < 1))
-            return ag_error_set(err, AG_ERR_INVALID, "method.epsilon",
-                                "epsilon must lie in (0, 1), got %g", method->epsilon);
-        if (method->route != AG_ROUTE_FEATURES && method->route != AG_ROUTE_PAPER)
-            return ag_error_set(err, AG_ERR_INVALID, "method.route", "unknown route");
-        if (method->poly != AG_POLY_CHEBYSHEV && method->poly != AG_POLY_TAYLOR)
-            return ag_error_set(err, AG_ERR_INVALID, "method.poly", "unknown polynomial");
-    }
+    if (ag_method_check(method, err) != AG_OK) return AG_ERR_INVALID;
     if (ag_gradients_workspace_bytes(cfg, batch, n, method) == SIZE_MAX)
         return ag_error_set(err, AG_ERR_LIMIT, "input", "job too large: sizes overflow");
     return AG_OK;

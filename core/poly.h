@@ -1,6 +1,7 @@
 /* Polynomial approximation of e^x on [-R, R] in the monomial basis, with a rigorous a-priori
  * bound on the relative error max |p(x) - e^x| / e^x, plus the float32 rounding model of the
- * low-rank kernels that evaluate p through monomial features (DESIGN.md "The approximation").
+ * low-rank kernels that evaluate p through monomial features (docs/paper_notes.md, "The
+ * float32 limit").
  *
  * Chebyshev (default): interpolation of e^x at the g+1 Chebyshev-Gauss nodes of [-R, R]; its
  * coefficients are computed from the Chebyshev series of e^{Rt} (2 I_j(R), modified Bessel)

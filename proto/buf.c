@@ -161,7 +161,7 @@ static double scale10(double v, int k)
 /* printf's "%.9g" without printf: nine significant digits m * 10^(x-8) from one scaling in
  * double, whose error (< 1e-6 of a unit in the last digit) decides the rounding except
  * within 1e-5 of a tie, where snprintf does it. Tests compare against snprintf. */
-size_t ag_format_float9(float f, char *out)
+size_t ag_buf_format_float9(float f, char *out)
 {
     if (f == 0) {
         if (signbit(f)) { memcpy(out, "-0", 3); return 2; }
@@ -230,7 +230,7 @@ void ag_buf_float(ag_buf *b, float v)
         return;
     }
     if (ag_buf_reserve(b, 24)) return;
-    b->len += ag_format_float9(v, b->p + b->len);
+    b->len += ag_buf_format_float9(v, b->p + b->len);
 }
 
 void ag_buf_float_array(ag_buf *b, const float *v, size_t n)
@@ -245,7 +245,7 @@ void ag_buf_float_array(ag_buf *b, const float *v, size_t n)
         for (size_t j = i; j < end; j++) {
             if (j) *p++ = ',';
             if (isfinite(v[j])) {
-                p += ag_format_float9(v[j], p);
+                p += ag_buf_format_float9(v[j], p);
             } else {
                 memcpy(p, "null", 4);
                 p += 4;

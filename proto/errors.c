@@ -1,4 +1,5 @@
-/* Errors of the wire format, their JSON body, the core-to-API mapping, and the limits. */
+/* Errors of the wire format: the one setter, their JSON body both ways, the core-to-API
+ * mapping; the limits; field paths and type names for messages. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -33,6 +34,27 @@ char *ag_error_encode(const ag_proto_error *err, size_t *len)
     return ag_buf_finish(&b, len);
 }
 
+int ag_proto_error_from_json(const json_t *e, const char *no_code, ag_proto_error *err)
+{
+    const char *code = json_string_value(json_object_get(e, "code"));
+    const char *msg = json_string_value(json_object_get(e, "message"));
+    const char *field = json_string_value(json_object_get(e, "field"));
+    ag_proto_fail(err, 0, code ? code : no_code, field ? field : "", "%s", msg ? msg : "");
+    return code || msg;
+}
+
+int ag_proto_error_decode(const char *body, size_t len, ag_proto_error *err)
+{
+    json_error_t jerr;
+    json_t *root = body ? json_loadb(body, len, 0, &jerr) : NULL;
+    json_t *e = json_object_get(root, "error");
+    ag_proto_error got;
+    int rc = json_is_object(e) && ag_proto_error_from_json(e, "", &got) ? 0 : -1;
+    json_decref(root);
+    if (rc == 0) *err = got;
+    return rc;
+}
+
 void ag_proto_from_core(const ag_error *core, ag_proto_error *err)
 {
     int status = 500;
@@ -64,7 +86,7 @@ ag_proto_limits ag_proto_limits_default(void)
     return l;
 }
 
-void ag_path_key(char *out, size_t cap, const char *parent, const char *key)
+void ag_proto_path_key(char *out, size_t cap, const char *parent, const char *key)
 {
     if (parent && parent[0])
         snprintf(out, cap, "%s.%s", parent, key);
@@ -72,12 +94,12 @@ void ag_path_key(char *out, size_t cap, const char *parent, const char *key)
         snprintf(out, cap, "%s", key);
 }
 
-void ag_path_index(char *out, size_t cap, const char *parent, size_t i)
+void ag_proto_path_index(char *out, size_t cap, const char *parent, size_t i)
 {
     snprintf(out, cap, "%s[%zu]", parent ? parent : "", i);
 }
 
-const char *ag_json_type_name(const json_t *v)
+const char *ag_proto_json_type_name(const json_t *v)
 {
     switch (json_typeof(v)) {
     case JSON_OBJECT: return "an object";

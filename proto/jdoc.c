@@ -434,7 +434,7 @@ static size_t scan_number(const char *s, size_t n, double *out, int *exact)
     return i;
 }
 
-size_t ag_parse_numbers(const char *text, size_t len, float *out, size_t count, double *bad)
+size_t ag_jdoc_parse_numbers(const char *text, size_t len, float *out, size_t count, double *bad)
 {
     size_t i = 0, k = 0;
     while (i < len && k < count) {

@@ -3,7 +3,8 @@
  * Server side: ag_request_decode() validates a request body into an ag_request;
  * ag_response_encode() renders a core result. Client side: ag_request_encode() renders an
  * ag_request; ag_response_decode() parses a response body. Errors carry an API error code,
- * the HTTP status that fits, a message and the field path ("layers[1].w1").
+ * the HTTP status that fits, a message and the field path ("layers[1].w1"). The types the
+ * client shares (the decoded response, encodings, return bits) are in wire.h.
  */
 #ifndef ALTGRAD_PROTO_H
 #define ALTGRAD_PROTO_H
@@ -12,6 +13,7 @@
 #include <stdint.h>
 
 #include "../core/altgrad.h"
+#include "wire.h"
 
 /* ---- errors ---------------------------------------------------------------------------- */
 
@@ -29,6 +31,11 @@ int ag_proto_fail(ag_proto_error *err, int http_status, const char *code, const 
 /* {"error": {"code", "message", "field"}} as a malloc'd NUL-terminated string (*len set);
  * NULL on allocation failure. */
 char *ag_error_encode(const ag_proto_error *err, size_t *len);
+
+/* Client side, the inverse of ag_error_encode: 0 when body is a JSON object whose "error"
+ * object has a string code or message, with err filled (http_status 0, "" for what is
+ * absent); -1 otherwise, err untouched. */
+int ag_proto_error_decode(const char *body, size_t len, ag_proto_error *err);
 
 /* Maps a core error to a proto error (UNREACHABLE/LIMIT/INVALID -> 400, CANCELLED -> 499-ish
  * "cancelled" with 503, NOMEM -> 500). */
@@ -50,16 +57,6 @@ typedef struct {
 ag_proto_limits ag_proto_limits_default(void);
 
 /* ---- requests -------------------------------------------------------------------------- */
-
-enum {
-    AG_RETURN_LOSS = 1u << 0,
-    AG_RETURN_GRAD_INPUT = 1u << 1,
-    AG_RETURN_GRAD_WEIGHTS = 1u << 2,
-    AG_RETURN_OUTPUT = 1u << 3,
-    AG_RETURN_DEFAULT = AG_RETURN_LOSS | AG_RETURN_GRAD_INPUT | AG_RETURN_GRAD_WEIGHTS
-};
-
-typedef enum { AG_ENCODING_JSON = 0, AG_ENCODING_B64 } ag_encoding;
 
 typedef struct {
     ag_model_config cfg;
@@ -93,16 +90,6 @@ char *ag_request_encode(const ag_request *req, size_t *len);
 
 /* ---- responses ------------------------------------------------------------------------- */
 
-typedef struct {
-    double decode_ms, compute_ms, encode_ms;
-} ag_timing;
-
-/* Measured relative errors of the approximate gradients against exact ("verify"). */
-typedef struct {
-    double grad_input;
-    double *layers; /* [n_layers * AG_P_COUNT], NaN where the parameter is absent */
-} ag_verification;
-
 /* Renders the response body for req and its result res (verification may be NULL).
  * malloc'd, *len set; NULL on allocation failure. Tensors are written straight into the
  * output buffer (%.9g or base64), never through a json_t per number. A non-finite number is
@@ -112,27 +99,8 @@ char *ag_response_encode(const ag_request *req, const ag_result *res,
                          const ag_verification *verification, const ag_timing *timing,
                          size_t *len);
 
-/* A decoded response (client side). Everything is owned; free with ag_response_free. */
-typedef struct {
-    int has_loss;
-    double loss;
-    size_t batch, n, d_model;
-    int batched;
-    float *output;        /* NULL unless returned */
-    float *grad_input;    /* NULL unless returned */
-    ag_model_config cfg;  /* n_layers and the parameter set, as echoed by grad_weights */
-    int n_layers;
-    ag_layer_params *grad_layers; /* [n_layers] or NULL */
-    int n_heads;
-    ag_head_report *heads;        /* [n_layers * n_heads] or NULL */
-    char method_name[16];
-    int has_verification;
-    ag_verification verification;
-    ag_timing timing;
-} ag_response;
-
-/* Parses a response body for a request made with cfg (shapes are checked against it;
- * fields it does not know are ignored). 0 on success; -1 with err filled: an error body
+/* Parses a response body into an ag_response (proto/wire.h) for a request made with cfg
+ * (shapes are checked against it; fields it does not know are ignored). 0 on success; -1 with err filled: an error body
  * {"error": {...}} gives its code, message and field with http_status 0 (the caller has the
  * HTTP status); a malformed body gives 502 "invalid_response" naming the field. */
 int ag_response_decode(const char *body, size_t len, const ag_model_config *cfg,

@@ -49,7 +49,7 @@ void ag_buf_tensor(ag_buf *b, const size_t *dims, int ndim, const float *v, int 
 char *ag_buf_finish(ag_buf *b, size_t *len);
 
 /* Writes float v as printf's "%.9g" would into out (>= 24 bytes; v finite); returns length. */
-size_t ag_format_float9(float v, char *out);
+size_t ag_buf_format_float9(float v, char *out);
 
 /* ---- JSON documents (proto/jdoc.c) ----------------------------------------------------- */
 
@@ -92,7 +92,7 @@ const ag_side *ag_jdoc_side(const ag_jdoc *doc, const json_t *v, int kind);
 /* Converts a lifted numbers array text[0..len) (its grammar already checked) into out[0..count)
  * as float32. Returns count, or the index of the first value that does not fit float32 (its
  * value in *bad). */
-size_t ag_parse_numbers(const char *text, size_t len, float *out, size_t count, double *bad);
+size_t ag_jdoc_parse_numbers(const char *text, size_t len, float *out, size_t count, double *bad);
 
 /* ---- tensors (proto/tensor.c) ---------------------------------------------------------- */
 
@@ -114,7 +114,7 @@ int ag_tensor_header(json_t *t, const char *path, ag_tensor_in *out, ag_proto_er
 /* 400 invalid_shape unless the header's shape equals dims[0..ndim). */
 int ag_tensor_expect(const ag_tensor_in *t, const size_t *dims, int ndim, ag_proto_error *err);
 /* "[64,64]" into out. */
-void ag_shape_str(const size_t *dims, int ndim, char *out, size_t cap);
+void ag_tensor_shape_str(const size_t *dims, int ndim, char *out, size_t cap);
 /* 400 (invalid_shape, invalid_type, invalid_base64) unless the payload holds exactly
  * t->count elements; call it before allocating the destination. */
 int ag_tensor_check_length(const ag_jdoc *doc, const ag_tensor_in *t, ag_proto_error *err);
@@ -131,13 +131,18 @@ int ag_tensor_payload(const ag_jdoc *doc, const ag_tensor_in *t, float *dst,
 int ag_request_decode_ex(const char *body, size_t len, const ag_proto_limits *limits, int lift,
                          ag_request *req, ag_proto_error *err);
 
-/* ---- small helpers (proto/errors.c) ---------------------------------------------------- */
+/* ---- errors (proto/errors.c) ----------------------------------------------------------- */
+
+/* An error object {"code", "message", "field"} into err: http_status 0, no_code for a code
+ * that is absent or not a string, "" for such a message or field. Returns 1 when the code or
+ * the message was a string, else 0. */
+int ag_proto_error_from_json(const json_t *e, const char *no_code, ag_proto_error *err);
 
 /* parent + "." + key (or key alone at the top) into out. */
-void ag_path_key(char *out, size_t cap, const char *parent, const char *key);
+void ag_proto_path_key(char *out, size_t cap, const char *parent, const char *key);
 /* parent + "[i]" into out. */
-void ag_path_index(char *out, size_t cap, const char *parent, size_t i);
+void ag_proto_path_index(char *out, size_t cap, const char *parent, size_t i);
 /* Name of a JSON value's type for messages ("object", "string", ...). */
-const char *ag_json_type_name(const json_t *v);
+const char *ag_proto_json_type_name(const json_t *v);
 
 #endif

@@ -19,15 +19,15 @@ typedef struct {
     ag_tensor_in *weights; /* [n_layers * AG_P_COUNT]; count 0 where the weight is absent */
     ag_tensor_in input, loss;
     int has_loss_tensor;
-} decoder;
+} request_decoder;
 
-static int fail_missing(decoder *d, const char *path)
+static int fail_missing(request_decoder *d, const char *path)
 {
     return ag_proto_fail(d->err, 400, "missing_field", path, "%s: required", path);
 }
 
 /* Every key of obj must be in allowed (NULL-terminated). */
-static int check_keys(decoder *d, json_t *obj, const char *path, const char *const *allowed,
+static int check_keys(request_decoder *d, json_t *obj, const char *path, const char *const *allowed,
                       const char *what)
 {
     const char *key;
@@ -37,7 +37,7 @@ static int check_keys(decoder *d, json_t *obj, const char *path, const char *con
         for (int i = 0; allowed[i] && !ok; i++) ok = strcmp(key, allowed[i]) == 0;
         if (!ok) {
             char sub[160];
-            ag_path_key(sub, sizeof sub, path, key);
+            ag_proto_path_key(sub, sizeof sub, path, key);
             return ag_proto_fail(d->err, 400, "unknown_field", sub, "%s: unknown field (%s)", sub,
                                  what);
         }
@@ -45,25 +45,25 @@ static int check_keys(decoder *d, json_t *obj, const char *path, const char *con
     return 0;
 }
 
-static int want_object(decoder *d, json_t *v, const char *path)
+static int want_object(request_decoder *d, json_t *v, const char *path)
 {
     if (json_is_object(v)) return 0;
     return ag_proto_fail(d->err, 400, "invalid_type", path, "%s: expected an object, got %s",
-                         path, ag_json_type_name(v));
+                         path, ag_proto_json_type_name(v));
 }
 
 /* A JSON integer (1.0 and 1e0 are not) >= lo; above `limit` (a service limit) -> 413, above
  * INT_MAX otherwise -> 400. */
-static int get_int(decoder *d, json_t *parent, const char *parent_path, const char *key,
+static int get_int(request_decoder *d, json_t *parent, const char *parent_path, const char *key,
                    long long lo, long long limit, int *out)
 {
     char path[160];
-    ag_path_key(path, sizeof path, parent_path, key);
+    ag_proto_path_key(path, sizeof path, parent_path, key);
     json_t *v = json_object_get(parent, key);
     if (!v) return fail_missing(d, path);
     if (!json_is_integer(v))
         return ag_proto_fail(d->err, 400, "invalid_type", path, "%s: expected an integer, got %s",
-                             path, ag_json_type_name(v));
+                             path, ag_proto_json_type_name(v));
     long long x = json_integer_value(v);
     if (x < lo)
         return ag_proto_fail(d->err, 400, "invalid_value", path, "%s: must be >= %lld, got %lld",
@@ -78,18 +78,18 @@ static int get_int(decoder *d, json_t *parent, const char *parent_path, const ch
     return 0;
 }
 
-static int get_bool(decoder *d, json_t *v, const char *path, int *out)
+static int get_bool(request_decoder *d, json_t *v, const char *path, int *out)
 {
     if (!json_is_boolean(v))
         return ag_proto_fail(d->err, 400, "invalid_type", path, "%s: expected true or false, got %s",
-                             path, ag_json_type_name(v));
+                             path, ag_proto_json_type_name(v));
     *out = json_is_true(v);
     return 0;
 }
 
 /* A string that is one of names[0..n); its index in *out. */
-static int get_enum(decoder *d, json_t *v, const char *path, const char *const *names, int n,
-                    int *out)
+static int get_enum(request_decoder *d, json_t *v, const char *path, const char *const *names,
+                    int n, int *out)
 {
     char list[128] = "";
     size_t len = 0;
@@ -101,7 +101,7 @@ static int get_enum(decoder *d, json_t *v, const char *path, const char *const *
     }
     if (!json_is_string(v))
         return ag_proto_fail(d->err, 400, "invalid_type", path, "%s: expected %s, got %s", path,
-                             list, ag_json_type_name(v));
+                             list, ag_proto_json_type_name(v));
     const char *s = json_string_value(v);
     for (int i = 0; i < n; i++)
         if (strcmp(s, names[i]) == 0) {
@@ -111,7 +111,13 @@ static int get_enum(decoder *d, json_t *v, const char *path, const char *const *
     return ag_proto_fail(d->err, 400, "invalid_value", path, "%s: expected %s", path, list);
 }
 
-static int decode_model(decoder *d, json_t *m)
+/* A core error (the method or model contract) as a 400 invalid_value at its field. */
+static int fail_core(request_decoder *d, const ag_error *ce)
+{
+    return ag_proto_fail(d->err, 400, "invalid_value", ce->field, "%s", ce->message);
+}
+
+static int decode_model(request_decoder *d, json_t *m)
 {
     static const char *const keys[] = {"d_model", "n_heads", "n_layers", "d_ff", "causal",
                                        "norm", "activation", "residual", NULL};
@@ -134,7 +140,7 @@ static int decode_model(decoder *d, json_t *m)
     int *bool_out[] = {&cfg->causal, &cfg->residual};
     for (int i = 0; i < 2; i++) {
         char path[64];
-        ag_path_key(path, sizeof path, "model", bools[i]);
+        ag_proto_path_key(path, sizeof path, "model", bools[i]);
         json_t *v = json_object_get(m, bools[i]);
         if (!v) return fail_missing(d, path);
         if (get_bool(d, v, path, bool_out[i])) return -1;
@@ -152,17 +158,18 @@ static int decode_model(decoder *d, json_t *m)
     cfg->activation = k ? AG_ACT_RELU : AG_ACT_GELU;
 
     ag_error ce = {0};
-    if (ag_model_config_check(cfg, &ce) != AG_OK)
-        return ag_proto_fail(d->err, 400, "invalid_value", ce.field, "%s", ce.message);
+    if (ag_model_config_check(cfg, &ce) != AG_OK) return fail_core(d, &ce);
     return 0;
 }
 
-static int decode_method(decoder *d, json_t *m)
+static int decode_method(request_decoder *d, json_t *m)
 {
-    static const char *const names[] = {"exact", "approx", "auto"};
     static const char *const keys[] = {"name", "epsilon", "degree", "route", "poly", NULL};
-    static const char *const routes[] = {"features", "paper"};
-    static const char *const polys[] = {"chebyshev", "taylor"};
+    /* The names are core's (ag_*_name); each enum counts from 0. */
+    const char *const names[] = {ag_method_name(AG_METHOD_EXACT), ag_method_name(AG_METHOD_APPROX),
+                                 ag_method_name(AG_METHOD_AUTO)};
+    const char *const routes[] = {ag_route_name(AG_ROUTE_FEATURES), ag_route_name(AG_ROUTE_PAPER)};
+    const char *const polys[] = {ag_poly_name(AG_POLY_CHEBYSHEV), ag_poly_name(AG_POLY_TAYLOR)};
     ag_method *meth = &d->req->method;
     if (want_object(d, m, "method")) return -1;
     if (check_keys(d, m, "method", keys, "a method has name, epsilon, degree, route, poly"))
@@ -171,13 +178,13 @@ static int decode_method(decoder *d, json_t *m)
     int k;
     if (!name) return fail_missing(d, "method.name");
     if (get_enum(d, name, "method.name", names, 3, &k)) return -1;
-    ag_method_kind kind = k == 0 ? AG_METHOD_EXACT : k == 1 ? AG_METHOD_APPROX : AG_METHOD_AUTO;
+    ag_method_kind kind = (ag_method_kind)k;
     *meth = ag_method_default(kind);
     if (kind == AG_METHOD_EXACT) {
         for (int i = 1; keys[i]; i++)
             if (json_object_get(m, keys[i])) {
                 char path[64];
-                ag_path_key(path, sizeof path, "method", keys[i]);
+                ag_proto_path_key(path, sizeof path, "method", keys[i]);
                 return ag_proto_fail(d->err, 400, "unknown_field", path,
                                      "%s: not allowed with method \"exact\"", path);
             }
@@ -187,43 +194,38 @@ static int decode_method(decoder *d, json_t *m)
     if (eps && deg)
         return ag_proto_fail(d->err, 400, "invalid_value", "method",
                              "method: give epsilon or degree, not both");
+    ag_error ce;
     if (eps) {
         if (!json_is_number(eps))
             return ag_proto_fail(d->err, 400, "invalid_type", "method.epsilon",
                                  "method.epsilon: expected a number, got %s",
-                                 ag_json_type_name(eps));
-        double e = json_number_value(eps);
-        if (!(e > 0 && e < 1))
-            return ag_proto_fail(d->err, 400, "invalid_value", "method.epsilon",
-                                 "method.epsilon: must lie strictly between 0 and 1, got %g", e);
-        meth->epsilon = e;
+                                 ag_proto_json_type_name(eps));
+        meth->epsilon = json_number_value(eps);
     }
     if (deg) {
         if (!json_is_integer(deg))
             return ag_proto_fail(d->err, 400, "invalid_type", "method.degree",
                                  "method.degree: expected an integer, got %s",
-                                 ag_json_type_name(deg));
-        long long g = json_integer_value(deg);
-        if (g < 1 || g > AG_MAX_DEGREE)
-            return ag_proto_fail(d->err, 400, "invalid_value", "method.degree",
-                                 "method.degree: must be an integer from 1 to %d, got %lld",
-                                 AG_MAX_DEGREE, g);
-        meth->degree = (int)g;
+                                 ag_proto_json_type_name(deg));
+        if (ag_method_degree_check(json_integer_value(deg), &ce) != AG_OK)
+            return fail_core(d, &ce);
+        meth->degree = (int)json_integer_value(deg);
     }
+    if (ag_method_check(meth, &ce) != AG_OK) return fail_core(d, &ce);
     json_t *v = json_object_get(m, "route");
     if (v) {
         if (get_enum(d, v, "method.route", routes, 2, &k)) return -1;
-        meth->route = k ? AG_ROUTE_PAPER : AG_ROUTE_FEATURES;
+        meth->route = (ag_route)k;
     }
     v = json_object_get(m, "poly");
     if (v) {
         if (get_enum(d, v, "method.poly", polys, 2, &k)) return -1;
-        meth->poly = k ? AG_POLY_TAYLOR : AG_POLY_CHEBYSHEV;
+        meth->poly = (ag_poly)k;
     }
     return 0;
 }
 
-static int decode_return(decoder *d, json_t *r)
+static int decode_return(request_decoder *d, json_t *r)
 {
     static const char *const names[] = {"loss", "grad_input", "grad_weights", "output"};
     static const unsigned bits[] = {AG_RETURN_LOSS, AG_RETURN_GRAD_INPUT, AG_RETURN_GRAD_WEIGHTS,
@@ -231,11 +233,11 @@ static int decode_return(decoder *d, json_t *r)
     if (!json_is_array(r))
         return ag_proto_fail(d->err, 400, "invalid_type", "return",
                              "return: expected an array of strings, got %s",
-                             ag_json_type_name(r));
+                             ag_proto_json_type_name(r));
     unsigned mask = 0;
     for (size_t i = 0; i < json_array_size(r); i++) {
         char path[48];
-        ag_path_index(path, sizeof path, "return", i);
+        ag_proto_path_index(path, sizeof path, "return", i);
         int k;
         if (get_enum(d, json_array_get(r, i), path, names, 4, &k)) return -1;
         if (mask & bits[k])
@@ -255,7 +257,7 @@ static const char *absent_reason(const ag_model_config *cfg, int idx)
     return "d_ff is 0, so there is no second layernorm";
 }
 
-static int check_limit(decoder *d, const ag_tensor_in *t, size_t *total)
+static int check_limit(request_decoder *d, const ag_tensor_in *t, size_t *total)
 {
     if (t->count > d->lim.max_tensor_elements)
         return ag_proto_fail(d->err, 413, "too_large", t->path,
@@ -270,13 +272,13 @@ static int check_limit(decoder *d, const ag_tensor_in *t, size_t *total)
     return 0;
 }
 
-static int decode_layers_headers(decoder *d, json_t *layers)
+static int decode_layers_headers(request_decoder *d, json_t *layers)
 {
     const ag_model_config *cfg = &d->req->cfg;
     if (!json_is_array(layers))
         return ag_proto_fail(d->err, 400, "invalid_type", "layers",
                              "layers: expected an array of objects, got %s",
-                             ag_json_type_name(layers));
+                             ag_proto_json_type_name(layers));
     if (json_array_size(layers) != (size_t)cfg->n_layers)
         return ag_proto_fail(d->err, 400, "invalid_value", "layers",
                              "layers: model.n_layers is %d but layers has %zu entries",
@@ -285,7 +287,7 @@ static int decode_layers_headers(decoder *d, json_t *layers)
     if (!d->weights) return ag_proto_fail(d->err, 500, "out_of_memory", "", "out of memory");
     for (int l = 0; l < cfg->n_layers; l++) {
         char lpath[32], path[64];
-        ag_path_index(lpath, sizeof lpath, "layers", (size_t)l);
+        ag_proto_path_index(lpath, sizeof lpath, "layers", (size_t)l);
         json_t *layer = json_array_get(layers, (size_t)l);
         if (want_object(d, layer, lpath)) return -1;
         const char *key;
@@ -295,7 +297,7 @@ static int decode_layers_headers(decoder *d, json_t *layers)
             size_t shape[2];
             if (idx < 0 || ag_param_shape(cfg, idx, shape) == 0) {
                 char sub[160];
-                ag_path_key(sub, sizeof sub, lpath, key);
+                ag_proto_path_key(sub, sizeof sub, lpath, key);
                 if (idx < 0)
                     return ag_proto_fail(d->err, 400, "unknown_field", sub,
                                          "%s: unknown weight (the names are wq, wk, wv, wo, "
@@ -310,7 +312,7 @@ static int decode_layers_headers(decoder *d, json_t *layers)
             size_t shape[2];
             int nd = ag_param_shape(cfg, idx, shape);
             if (!nd) continue;
-            ag_path_key(path, sizeof path, lpath, ag_param_name(idx));
+            ag_proto_path_key(path, sizeof path, lpath, ag_param_name(idx));
             json_t *t = json_object_get(layer, ag_param_name(idx));
             if (!t) return fail_missing(d, path);
             ag_tensor_in *h = &d->weights[(size_t)l * AG_P_COUNT + (size_t)idx];
@@ -321,12 +323,12 @@ static int decode_layers_headers(decoder *d, json_t *layers)
     return 0;
 }
 
-static int decode_input_header(decoder *d, json_t *t)
+static int decode_input_header(request_decoder *d, json_t *t)
 {
     ag_tensor_in *h = &d->input;
     if (ag_tensor_header(t, "input", h, d->err)) return -1;
     char got[96];
-    ag_shape_str(h->dims, h->ndim, got, sizeof got);
+    ag_tensor_shape_str(h->dims, h->ndim, got, sizeof got);
     if (h->ndim < 2)
         return ag_proto_fail(d->err, 400, "invalid_shape", "input",
                              "input: expected shape [n, d_model] or [batch, n, d_model], got %s",
@@ -347,7 +349,7 @@ static int decode_input_header(decoder *d, json_t *t)
     return 0;
 }
 
-static int decode_loss_header(decoder *d, json_t *loss)
+static int decode_loss_header(request_decoder *d, json_t *loss)
 {
     static const char *const keys[] = {"type", "target", "grad", NULL};
     static const char *const types[] = {"mse", "sum", "grad_output"};
@@ -363,14 +365,14 @@ static int decode_loss_header(decoder *d, json_t *loss)
         if (need && strcmp(keys[i], need) == 0) continue;
         if (json_object_get(loss, keys[i])) {
             char path[32];
-            ag_path_key(path, sizeof path, "loss", keys[i]);
+            ag_proto_path_key(path, sizeof path, "loss", keys[i]);
             return ag_proto_fail(d->err, 400, "unknown_field", path,
                                  "%s: not used by loss type \"%s\"", path, types[k]);
         }
     }
     if (!need) return 0;
     char path[32];
-    ag_path_key(path, sizeof path, "loss", need);
+    ag_proto_path_key(path, sizeof path, "loss", need);
     json_t *t = json_object_get(loss, need);
     if (!t) return fail_missing(d, path);
     d->has_loss_tensor = 1;
@@ -380,7 +382,7 @@ static int decode_loss_header(decoder *d, json_t *loss)
                : 0;
 }
 
-static int decode_all(decoder *d)
+static int decode_all(request_decoder *d)
 {
     static const char *const top[] = {"model", "layers", "input", "loss", "method",
                                       "return", "encoding", "verify", NULL};
@@ -390,7 +392,7 @@ static int decode_all(decoder *d)
     if (!json_is_object(root))
         return ag_proto_fail(d->err, 400, "invalid_type", "",
                              "the request body must be a JSON object, got %s",
-                             ag_json_type_name(root));
+                             ag_proto_json_type_name(root));
     if (check_keys(d, root, "", top,
                    "a request has model, layers, input, loss, method, return, encoding, verify"))
         return -1;
@@ -459,7 +461,8 @@ int ag_request_decode_ex(const char *body, size_t len, const ag_proto_limits *li
     ag_proto_error scratch;
     if (!err) err = &scratch;
     memset(req, 0, sizeof *req);
-    decoder d = {.lim = limits ? *limits : ag_proto_limits_default(), .req = req, .err = err};
+    request_decoder d = {.lim = limits ? *limits : ag_proto_limits_default(), .req = req,
+                         .err = err};
     /* A zero field means the default: a caller that sets only some limits gets sane ones. */
     ag_proto_limits def = ag_proto_limits_default();
     if (!d.lim.max_elements) d.lim.max_elements = def.max_elements;

@@ -1,6 +1,6 @@
 /* Response body -> ag_response (the client's side). Shapes are checked against the model the
  * request was made with; fields this version does not know are ignored (the service may add
- * fields, API.md). Every allocation follows a check that the payload holds what the shape
+ * fields, docs/api.md). Every allocation follows a check that the payload holds what the shape
  * says, so a response can make the client allocate no more than its body implies. */
 #include <math.h>
 #include <stdio.h>
@@ -14,24 +14,31 @@ typedef struct {
     const ag_model_config *cfg;
     ag_response *resp;
     ag_proto_error *err;
-} rdecoder;
+} response_decoder;
 
-static int bad(rdecoder *d, const char *path, const char *what)
+static int bad(response_decoder *d, const char *path, const char *what)
 {
     return ag_proto_fail(d->err, 502, "invalid_response", path, "response %s: %s",
                          path[0] ? path : "body", what);
 }
 
-/* A proto error from the tensor reader, reworded as the response's fault. */
-static int tensor_fail(rdecoder *d)
+/* An error of a reader made for requests (the tensor reader, the document loader), reworded
+ * as the response's fault: 502 invalid_response, prefix + its message, same field. */
+static int as_response_fault(ag_proto_error *err, const char *prefix)
 {
-    char msg[sizeof d->err->message], field[sizeof d->err->field];
-    memcpy(msg, d->err->message, sizeof msg);
-    memcpy(field, d->err->field, sizeof field);
-    return ag_proto_fail(d->err, 502, "invalid_response", field, "response %s", msg);
+    char msg[sizeof err->message], field[sizeof err->field];
+    memcpy(msg, err->message, sizeof msg);
+    memcpy(field, err->field, sizeof field);
+    return ag_proto_fail(err, 502, "invalid_response", field, "%s%s", prefix, msg);
 }
 
-static int get_number(rdecoder *d, json_t *obj, const char *key, const char *path, double *out)
+static int tensor_fail(response_decoder *d)
+{
+    return as_response_fault(d->err, "response ");
+}
+
+static int get_number(response_decoder *d, json_t *obj, const char *key, const char *path,
+                      double *out)
 {
     json_t *v = json_object_get(obj, key);
     if (!v) return 0;
@@ -47,7 +54,7 @@ static int get_number(rdecoder *d, json_t *obj, const char *key, const char *pat
 }
 
 /* output / grad_input: [n, d_model] or [batch, n, d_model], the same for both. */
-static int io_tensor(rdecoder *d, json_t *t, const char *path, float **out)
+static int io_tensor(response_decoder *d, json_t *t, const char *path, float **out)
 {
     ag_response *r = d->resp;
     ag_tensor_in h;
@@ -68,7 +75,7 @@ static int io_tensor(rdecoder *d, json_t *t, const char *path, float **out)
     return 0;
 }
 
-static int grad_weights(rdecoder *d, json_t *gw)
+static int grad_weights(response_decoder *d, json_t *gw)
 {
     const ag_model_config *cfg = d->cfg;
     ag_response *r = d->resp;
@@ -76,10 +83,9 @@ static int grad_weights(rdecoder *d, json_t *gw)
         return bad(d, "grad_weights", "expected an array with one object per layer");
     r->grad_layers = calloc((size_t)cfg->n_layers, sizeof *r->grad_layers);
     if (!r->grad_layers) return ag_proto_fail(d->err, 500, "out_of_memory", "", "out of memory");
-    r->n_layers = cfg->n_layers;
     for (int l = 0; l < cfg->n_layers; l++) {
         char lpath[48], path[80];
-        ag_path_index(lpath, sizeof lpath, "grad_weights", (size_t)l);
+        ag_proto_path_index(lpath, sizeof lpath, "grad_weights", (size_t)l);
         json_t *layer = json_array_get(gw, (size_t)l);
         if (!json_is_object(layer)) return bad(d, lpath, "expected an object");
         const char *key;
@@ -87,7 +93,7 @@ static int grad_weights(rdecoder *d, json_t *gw)
         json_object_foreach(layer, key, v) {
             int idx = ag_param_index(key);
             if (idx >= 0 && !ag_param_numel(cfg, idx)) {
-                ag_path_key(path, sizeof path, lpath, key);
+                ag_proto_path_key(path, sizeof path, lpath, key);
                 return bad(d, path, "a weight this model does not have");
             }
         }
@@ -96,7 +102,7 @@ static int grad_weights(rdecoder *d, json_t *gw)
             size_t shape[2];
             int nd = ag_param_shape(cfg, idx, shape);
             if (!nd) continue;
-            ag_path_key(path, sizeof path, lpath, ag_param_name(idx));
+            ag_proto_path_key(path, sizeof path, lpath, ag_param_name(idx));
             json_t *t = json_object_get(layer, ag_param_name(idx));
             if (!t) return bad(d, path, "missing");
             if (ag_tensor_header(t, path, &h[idx], d->err) ||
@@ -115,7 +121,7 @@ static int grad_weights(rdecoder *d, json_t *gw)
     return 0;
 }
 
-static int method_block(rdecoder *d, json_t *m)
+static int method_block(response_decoder *d, json_t *m)
 {
     const ag_model_config *cfg = d->cfg;
     ag_response *r = d->resp;
@@ -132,7 +138,7 @@ static int method_block(rdecoder *d, json_t *m)
     size_t n_rep = (size_t)cfg->n_layers * (size_t)cfg->n_heads, text = 0;
     for (int l = 0; l < cfg->n_layers; l++) {
         char lpath[48];
-        ag_path_index(lpath, sizeof lpath, "method.layers", (size_t)l);
+        ag_proto_path_index(lpath, sizeof lpath, "method.layers", (size_t)l);
         json_t *heads = json_object_get(json_array_get(layers, (size_t)l), "heads");
         if (!json_is_array(heads) || json_array_size(heads) != (size_t)cfg->n_heads)
             return bad(d, lpath, "expected {\"heads\": [...]} with one entry per head");
@@ -144,7 +150,6 @@ static int method_block(rdecoder *d, json_t *m)
     char *block = calloc(1, n_rep * sizeof(ag_head_report) + text);
     if (!block) return ag_proto_fail(d->err, 500, "out_of_memory", "", "out of memory");
     r->heads = (ag_head_report *)block;
-    r->n_heads = cfg->n_heads;
     char *strings = block + n_rep * sizeof(ag_head_report);
     for (int l = 0; l < cfg->n_layers; l++) {
         json_t *heads = json_object_get(json_array_get(layers, (size_t)l), "heads");
@@ -156,19 +161,24 @@ static int method_block(rdecoder *d, json_t *m)
             if (!json_is_object(o)) return bad(d, path, "expected an object");
             json_t *v = json_object_get(o, "method");
             const char *s = json_is_string(v) ? json_string_value(v) : "";
-            if (strcmp(s, "approx") == 0) rep->method = AG_METHOD_APPROX;
-            else if (strcmp(s, "exact") == 0) rep->method = AG_METHOD_EXACT;
+            if (strcmp(s, ag_method_name(AG_METHOD_APPROX)) == 0) rep->method = AG_METHOD_APPROX;
+            else if (strcmp(s, ag_method_name(AG_METHOD_EXACT)) == 0) rep->method = AG_METHOD_EXACT;
             else return bad(d, path, "method must be \"exact\" or \"approx\"");
             v = json_object_get(o, "route");
-            rep->route = json_is_string(v) && strcmp(json_string_value(v), "paper") == 0
+            rep->route = json_is_string(v) &&
+                                 strcmp(json_string_value(v), ag_route_name(AG_ROUTE_PAPER)) == 0
                              ? AG_ROUTE_PAPER : AG_ROUTE_FEATURES;
             v = json_object_get(o, "poly");
-            rep->poly = json_is_string(v) && strcmp(json_string_value(v), "taylor") == 0
+            rep->poly = json_is_string(v) &&
+                                strcmp(json_string_value(v), ag_poly_name(AG_POLY_TAYLOR)) == 0
                             ? AG_POLY_TAYLOR : AG_POLY_CHEBYSHEV;
             v = json_object_get(o, "degree");
             if (v && (!json_is_integer(v) || json_integer_value(v) < 0 ||
-                      json_integer_value(v) > AG_MAX_DEGREE))
-                return bad(d, path, "degree must be an integer 0..20");
+                      json_integer_value(v) > AG_MAX_DEGREE)) {
+                char what[48];
+                snprintf(what, sizeof what, "degree must be an integer 0..%d", AG_MAX_DEGREE);
+                return bad(d, path, what);
+            }
             rep->degree = v ? (int)json_integer_value(v) : 0;
             v = json_object_get(o, "rank");
             if (v && (!json_is_integer(v) || json_integer_value(v) < 0))
@@ -188,13 +198,12 @@ static int method_block(rdecoder *d, json_t *m)
     return 0;
 }
 
-static int verification(rdecoder *d, json_t *v)
+static int verification(response_decoder *d, json_t *v)
 {
     const ag_model_config *cfg = d->cfg;
     ag_response *r = d->resp;
     if (!json_is_object(v)) return bad(d, "verification", "expected an object");
     r->has_verification = 1;
-    r->verification.grad_input = NAN;
     if (get_number(d, v, "grad_input", "verification.grad_input", &r->verification.grad_input))
         return -1;
     size_t n = (size_t)cfg->n_layers * AG_P_COUNT;
@@ -208,7 +217,7 @@ static int verification(rdecoder *d, json_t *v)
         return bad(d, "verification.layers", "expected an array with one object per layer");
     for (int l = 0; l < cfg->n_layers; l++) {
         char path[64];
-        ag_path_index(path, sizeof path, "verification.layers", (size_t)l);
+        ag_proto_path_index(path, sizeof path, "verification.layers", (size_t)l);
         json_t *o = json_array_get(layers, (size_t)l);
         if (!json_is_object(o)) return bad(d, path, "expected an object");
         for (int idx = 0; idx < AG_P_COUNT; idx++)
@@ -220,17 +229,13 @@ static int verification(rdecoder *d, json_t *v)
 }
 
 /* {"error": {"code", "message", "field"}} -> err; http_status 0 (the caller has it). */
-static int error_body(rdecoder *d, json_t *e)
+static int error_body(response_decoder *d, json_t *e)
 {
-    json_t *code = json_object_get(e, "code"), *msg = json_object_get(e, "message"),
-           *field = json_object_get(e, "field");
-    ag_proto_fail(d->err, 0, json_is_string(code) ? json_string_value(code) : "unknown_error",
-                  json_is_string(field) ? json_string_value(field) : "", "%s",
-                  json_is_string(msg) ? json_string_value(msg) : "");
+    ag_proto_error_from_json(e, "unknown_error", d->err);
     return -1;
 }
 
-static int decode_all(rdecoder *d)
+static int decode_all(response_decoder *d)
 {
     ag_response *r = d->resp;
     json_t *root = d->doc.root;
@@ -238,7 +243,9 @@ static int decode_all(rdecoder *d)
     json_t *e = json_object_get(root, "error");
     if (json_is_object(e)) return error_body(d, e);
 
-    r->cfg = *d->cfg;
+    r->n_layers = d->cfg->n_layers;
+    r->n_heads = d->cfg->n_heads;
+    r->verification.grad_input = NAN;
     json_t *v = json_object_get(root, "loss");
     if (v && json_is_number(v)) {
         r->has_loss = 1;
@@ -272,14 +279,10 @@ int ag_response_decode(const char *body, size_t len, const ag_model_config *cfg,
     ag_error ce;
     if (!cfg || ag_model_config_check(cfg, &ce) != AG_OK)
         return ag_proto_fail(err, 400, "invalid_request", "model", "invalid model config");
-    rdecoder d = {.cfg = cfg, .resp = resp, .err = err};
+    response_decoder d = {.cfg = cfg, .resp = resp, .err = err};
     if (ag_jdoc_load(&d.doc, body, len, 1, err)) {
-        if (err->http_status == 400 || err->http_status == 413) {
-            char msg[sizeof err->message], field[sizeof err->field];
-            memcpy(msg, err->message, sizeof msg);
-            memcpy(field, err->field, sizeof field);
-            ag_proto_fail(err, 502, "invalid_response", field, "response: %s", msg);
-        }
+        if (err->http_status == 400 || err->http_status == 413)
+            as_response_fault(err, "response: ");
         return -1;
     }
     int rc = decode_all(&d);

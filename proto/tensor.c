@@ -9,7 +9,7 @@
 
 #include "proto_internal.h"
 
-void ag_shape_str(const size_t *dims, int ndim, char *out, size_t cap)
+void ag_tensor_shape_str(const size_t *dims, int ndim, char *out, size_t cap)
 {
     size_t len = 0;
     out[0] = '\0';
@@ -38,13 +38,13 @@ int ag_tensor_header(json_t *t, const char *path, ag_tensor_in *out, ag_proto_er
     if (!json_is_object(t))
         return ag_proto_fail(err, 400, "invalid_type", path,
                              "%s: expected a tensor object {\"shape\", \"data\" or \"b64\"}, got %s",
-                             path, ag_json_type_name(t));
+                             path, ag_proto_json_type_name(t));
     const char *key;
     json_t *v;
     json_object_foreach(t, key, v) {
         if (strcmp(key, "shape") && strcmp(key, "dtype") && strcmp(key, "data") &&
             strcmp(key, "b64")) {
-            ag_path_key(sub, sizeof sub, path, key);
+            ag_proto_path_key(sub, sizeof sub, path, key);
             return ag_proto_fail(err, 400, "unknown_field", sub,
                                  "%s: unknown field (a tensor has shape, dtype, data or b64)",
                                  sub);
@@ -52,12 +52,12 @@ int ag_tensor_header(json_t *t, const char *path, ag_tensor_in *out, ag_proto_er
     }
 
     json_t *shape = json_object_get(t, "shape");
-    ag_path_key(sub, sizeof sub, path, "shape");
+    ag_proto_path_key(sub, sizeof sub, path, "shape");
     if (!shape) return ag_proto_fail(err, 400, "missing_field", sub, "%s: required", sub);
     if (!json_is_array(shape))
         return ag_proto_fail(err, 400, "invalid_type", sub,
                              "%s: expected an array of integers, got %s", sub,
-                             ag_json_type_name(shape));
+                             ag_proto_json_type_name(shape));
     size_t ndim = json_array_size(shape);
     if (ndim == 0 || ndim > AG_TENSOR_MAX_NDIM)
         return ag_proto_fail(err, 400, "invalid_shape", path,
@@ -69,9 +69,9 @@ int ag_tensor_header(json_t *t, const char *path, ag_tensor_in *out, ag_proto_er
         json_t *d = json_array_get(shape, i);
         if (!json_is_integer(d)) {
             char dp[176];
-            ag_path_index(dp, sizeof dp, sub, i);
+            ag_proto_path_index(dp, sizeof dp, sub, i);
             return ag_proto_fail(err, 400, "invalid_type", dp, "%s: expected an integer, got %s",
-                                 dp, ag_json_type_name(d));
+                                 dp, ag_proto_json_type_name(d));
         }
         json_int_t x = json_integer_value(d);
         if (x < 1)
@@ -89,11 +89,11 @@ int ag_tensor_header(json_t *t, const char *path, ag_tensor_in *out, ag_proto_er
 
     json_t *dtype = json_object_get(t, "dtype");
     if (dtype) {
-        ag_path_key(sub, sizeof sub, path, "dtype");
+        ag_proto_path_key(sub, sizeof sub, path, "dtype");
         if (!json_is_string(dtype))
             return ag_proto_fail(err, 400, "invalid_type", sub,
                                  "%s: expected \"float32\" or \"float64\", got %s", sub,
-                                 ag_json_type_name(dtype));
+                                 ag_proto_json_type_name(dtype));
         const char *s = json_string_value(dtype);
         if (strcmp(s, "float64") == 0)
             out->dtype64 = 1;
@@ -108,7 +108,7 @@ int ag_tensor_header(json_t *t, const char *path, ag_tensor_in *out, ag_proto_er
         return ag_proto_fail(err, 400, "invalid_value", path,
                              "%s: give exactly one of \"data\" and \"b64\", not both", path);
     if (!out->data && !out->b64) {
-        ag_path_key(sub, sizeof sub, path, "data");
+        ag_proto_path_key(sub, sizeof sub, path, "data");
         return ag_proto_fail(err, 400, "missing_field", sub,
                              "%s: a tensor needs \"data\" (numbers) or \"b64\" (base64)", path);
     }
@@ -124,8 +124,8 @@ int ag_tensor_expect(const ag_tensor_in *t, const size_t *dims, int ndim, ag_pro
     for (int i = 0; same && i < ndim; i++) same = t->dims[i] == dims[i];
     if (same) return 0;
     char want[96], got[96];
-    ag_shape_str(dims, ndim, want, sizeof want);
-    ag_shape_str(t->dims, t->ndim, got, sizeof got);
+    ag_tensor_shape_str(dims, ndim, want, sizeof want);
+    ag_tensor_shape_str(t->dims, t->ndim, got, sizeof got);
     return ag_proto_fail(err, 400, "invalid_shape", t->path, "%s: expected shape %s, got %s",
                          t->path, want, got);
 }
@@ -141,7 +141,7 @@ static int count_error(const ag_tensor_in *t, size_t got, const char *unit,
                        ag_proto_error *err)
 {
     char shape[96];
-    ag_shape_str(t->dims, t->ndim, shape, sizeof shape);
+    ag_tensor_shape_str(t->dims, t->ndim, shape, sizeof shape);
     return ag_proto_fail(err, 400, "invalid_shape", t->path,
                          "%s: shape %s has %zu elements, %s has %zu", t->path, shape, t->count,
                          unit, got);
@@ -156,7 +156,7 @@ static int payload_numbers_json(const ag_tensor_in *t, float *dst, ag_proto_erro
             char dp[160];
             snprintf(dp, sizeof dp, "%s.data[%zu]", t->path, i);
             return ag_proto_fail(err, 400, "invalid_type", dp, "%s: expected a number, got %s",
-                                 dp, ag_json_type_name(x));
+                                 dp, ag_proto_json_type_name(x));
         }
         double v = json_number_value(x);
         if (!(fabs(v) < AG_FLOAT32_LIMIT)) return value_error(t, i, v, err);
@@ -234,10 +234,10 @@ int ag_tensor_check_length(const ag_jdoc *doc, const ag_tensor_in *t, ag_proto_e
         const ag_side *sd = ag_jdoc_side(doc, t->data, AG_SIDE_NUMBERS);
         if (sd) return sd->count == t->count ? 0 : count_error(t, sd->count, "data", err);
         if (!json_is_array(t->data)) {
-            ag_path_key(sub, sizeof sub, t->path, "data");
+            ag_proto_path_key(sub, sizeof sub, t->path, "data");
             return ag_proto_fail(err, 400, "invalid_type", sub,
                                  "%s: expected an array of numbers, got %s", sub,
-                                 ag_json_type_name(t->data));
+                                 ag_proto_json_type_name(t->data));
         }
         size_t n = json_array_size(t->data);
         return n == t->count ? 0 : count_error(t, n, "data", err);
@@ -252,9 +252,9 @@ int ag_tensor_check_length(const ag_jdoc *doc, const ag_tensor_in *t, ag_proto_e
         s = json_string_value(t->b64);
         len = json_string_length(t->b64);
     } else {
-        ag_path_key(sub, sizeof sub, t->path, "b64");
+        ag_proto_path_key(sub, sizeof sub, t->path, "b64");
         return ag_proto_fail(err, 400, "invalid_type", sub, "%s: expected a base64 string, got %s",
-                             sub, ag_json_type_name(t->b64));
+                             sub, ag_proto_json_type_name(t->b64));
     }
     size_t elsize = t->dtype64 ? 8 : 4;
     if (len % 4 != 0)
@@ -280,7 +280,7 @@ int ag_tensor_payload(const ag_jdoc *doc, const ag_tensor_in *t, float *dst,
         const ag_side *sd = ag_jdoc_side(doc, t->data, AG_SIDE_NUMBERS);
         if (sd) {
             double bad = 0;
-            size_t k = ag_parse_numbers(doc->body + sd->body_off, sd->body_len, dst, t->count,
+            size_t k = ag_jdoc_parse_numbers(doc->body + sd->body_off, sd->body_len, dst, t->count,
                                         &bad);
             if (k != t->count) return value_error(t, k, bad, err);
             return 0;

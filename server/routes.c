@@ -1,4 +1,4 @@
-/* Routing, the endpoint handlers of API.md, the loop side of jobs, and housekeeping
+/* Routing, the endpoint handlers of docs/api.md, the loop side of jobs, and housekeeping
  * (deadlines, TTL purge, graceful drain). Loop thread only. */
 #include <cblas.h>
 #include <jansson.h>

@@ -1,8 +1,12 @@
-/* altgrad: the command-line client of the altgrad service. */
+/* altgrad: the command-line client of the altgrad service. Its usage text, the grad, job,
+ * health and info commands, the option parser and main(); `random` is random.c's, what is
+ * printed report.c's, the files files.c's. */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,9 +15,11 @@
 
 #include <jansson.h>
 
+#include "../../proto/proto.h"
 #include "cli.h"
 
-atomic_int cli_interrupted;
+/* Set by SIGINT/SIGTERM; the client's abort flag. */
+static atomic_int cli_interrupted;
 
 static const char usage_text[] =
     "usage: altgrad [options] COMMAND [args]\n"
@@ -68,153 +74,13 @@ static const char usage_text[] =
     "  6 job failed or was cancelled\n"
     "  7 local file error      130 interrupted\n";
 
-/* ---- helpers --------------------------------------------------------------------------- */
-
-int cli_exit_code(altgrad_status st)
-{
-    switch (st) {
-    case ALTGRAD_OK: return EXIT_OK_;
-    case ALTGRAD_E_ARG: return EXIT_USAGE;
-    case ALTGRAD_E_CONNECT:
-    case ALTGRAD_E_TIMEOUT:
-    case ALTGRAD_E_TLS: return EXIT_CONNECT;
-    case ALTGRAD_E_HTTP_4XX: return EXIT_HTTP_4XX;
-    case ALTGRAD_E_HTTP_5XX: return EXIT_HTTP_5XX;
-    case ALTGRAD_E_JOB: return EXIT_JOB;
-    case ALTGRAD_E_ABORTED: return EXIT_INTERRUPTED;
-    case ALTGRAD_E_PROTOCOL:
-    case ALTGRAD_E_NOMEM: return EXIT_INTERNAL;
-    }
-    return EXIT_INTERNAL;
-}
-
-int cli_report(const char *what, const altgrad_error *err)
-{
-    fprintf(stderr, "altgrad: %s: %s", what, err->message);
-    if (err->code[0] || err->field[0]) {
-        fprintf(stderr, " (");
-        if (err->code[0]) fprintf(stderr, "code %s", err->code);
-        if (err->field[0]) fprintf(stderr, "%sfield %s", err->code[0] ? ", " : "", err->field);
-        fprintf(stderr, ")");
-    }
-    if (err->attempts > 1) fprintf(stderr, " after %d attempts", err->attempts);
-    fprintf(stderr, "\n");
-    return cli_exit_code(err->status);
-}
-
-char *cli_read_file(const char *path, size_t *len)
-{
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "altgrad: %s: %s\n", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    const size_t max = (size_t)8 << 30; /* larger than any body a server accepts */
-    while (buf) {
-        if (n + 1 >= cap) {
-            if (cap >= max) {
-                fprintf(stderr, "altgrad: %s: larger than 8 GiB\n", path);
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            char *p = realloc(buf, cap * 2);
-            if (!p) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = p;
-            cap *= 2;
-        }
-        size_t got = fread(buf + n, 1, cap - n - 1, f);
-        n += got;
-        if (got == 0) {
-            if (ferror(f)) {
-                fprintf(stderr, "altgrad: %s: read error\n", path);
-                free(buf);
-                buf = NULL;
-            }
-            break;
-        }
-    }
-    if (!buf) fprintf(stderr, "altgrad: %s: could not read\n", path);
-    if (f != stdin) fclose(f);
-    if (buf) {
-        buf[n] = '\0';
-        *len = n;
-    }
-    return buf;
-}
-
-int cli_write_file(const char *path, const char *data, size_t len)
-{
-    int to_stdout = strcmp(path, "-") == 0;
-    FILE *f = to_stdout ? stdout : fopen(path, "wb");
-    if (!f) {
-        fprintf(stderr, "altgrad: %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    int bad = fwrite(data, 1, len, f) != len;
-    if (to_stdout && len && data[len - 1] != '\n') bad |= fputc('\n', f) == EOF;
-    bad |= to_stdout ? fflush(f) != 0 : fclose(f) != 0;
-    if (bad) {
-        fprintf(stderr, "altgrad: %s: write failed\n", path);
-        return -1;
-    }
-    return 0;
-}
-
-/* ---- progress -------------------------------------------------------------------------- */
-
-void cli_progress_init(cli_progress *p, int quiet)
-{
-    memset(p, 0, sizeof *p);
-    p->tty = isatty(STDERR_FILENO);
-    p->quiet = quiet;
-    p->last_state = -1;
-    p->last_decile = -1;
-}
-
-int cli_progress_cb(void *ctx, const altgrad_job_info *info)
-{
-    cli_progress *p = ctx;
-    if (p->quiet) return 0;
-    if (p->tty) {
-        int width = 30, fill = (int)(info->progress * width + 0.5);
-        char bar[64];
-        for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
-        bar[width] = '\0';
-        fprintf(stderr, "\r[%s] %3d%% %-9s", bar, (int)(info->progress * 100 + 0.5),
-                altgrad_job_state_name(info->state));
-        p->drawn = 1;
-    } else {
-        int decile = (int)(info->progress * 10);
-        if ((int)info->state != p->last_state || decile != p->last_decile)
-            fprintf(stderr, "job %s: %s %d%%\n", info->id, altgrad_job_state_name(info->state),
-                    (int)(info->progress * 100 + 0.5));
-        p->last_decile = decile;
-    }
-    p->last_state = (int)info->state;
-    fflush(stderr);
-    return 0;
-}
-
-void cli_progress_end(cli_progress *p)
-{
-    if (p->drawn) fputc('\n', stderr);
-    p->drawn = 0;
-}
-
 /* ---- commands -------------------------------------------------------------------------- */
 
 static int cmd_grad(cli_opts *o, altgrad_client *c, const char *file)
 {
     size_t len = 0;
     char *body = cli_read_file(file, &len);
-    if (!body) return EXIT_FILE;
+    if (!body) return CLI_EXIT_FILE;
     /* Decoded locally only to know the model for the summary; the server judges the body. */
     ag_request req;
     ag_proto_error perr;
@@ -228,18 +94,14 @@ static int cmd_grad(cli_opts *o, altgrad_client *c, const char *file)
     char *resp = NULL;
     size_t resp_len = 0;
     altgrad_error err;
-    long long t0 = 0;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    t0 = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    double t0 = cli_now_ms();
     altgrad_status st = altgrad_post_raw(c, "/v1/gradients", body, len, &resp, &resp_len, &err);
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double ms = ((long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000 - t0) / 1000.0;
+    double ms = cli_now_ms() - t0;
     free(body);
     if (st != ALTGRAD_OK) return cli_report("grad", &err);
-    int rc = EXIT_OK_;
-    if (cli_write_file(o->output ? o->output : "-", resp, resp_len) != 0) rc = EXIT_FILE;
-    if (rc == EXIT_OK_ && o->output && strcmp(o->output, "-") != 0) {
+    int rc = CLI_EXIT_OK;
+    if (cli_write_file(o->output ? o->output : "-", resp, resp_len) != 0) rc = CLI_EXIT_FILE;
+    if (rc == CLI_EXIT_OK && o->output && strcmp(o->output, "-") != 0) {
         altgrad_result res;
         if (have_cfg && altgrad_result_decode(resp, resp_len, &cfg, &res, &err) == ALTGRAD_OK) {
             cli_print_summary(stdout, &cfg, &res, ms);
@@ -256,13 +118,13 @@ static int cmd_job(cli_opts *o, altgrad_client *c, int argc, char **argv)
 {
     if (argc < 1) {
         fprintf(stderr, "altgrad: job: expected submit|status|wait|result|cancel\n");
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     const char *sub = argv[0];
     if (argc != 2) {
         fprintf(stderr, "altgrad: job %s: expected exactly one %s\n", sub,
                 strcmp(sub, "submit") == 0 ? "FILE" : "ID");
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     const char *arg = argv[1];
     altgrad_error err;
@@ -270,7 +132,7 @@ static int cmd_job(cli_opts *o, altgrad_client *c, int argc, char **argv)
     if (strcmp(sub, "submit") == 0) {
         size_t len = 0;
         char *body = cli_read_file(arg, &len);
-        if (!body) return EXIT_FILE;
+        if (!body) return CLI_EXIT_FILE;
         char *resp = NULL;
         altgrad_status st = altgrad_post_raw(c, "/v1/jobs", body, len, &resp, NULL, &err);
         free(body);
@@ -278,11 +140,11 @@ static int cmd_job(cli_opts *o, altgrad_client *c, int argc, char **argv)
         json_error_t jerr;
         json_t *root = json_loads(resp, 0, &jerr);
         const char *id = json_string_value(json_object_get(root, "id"));
-        int rc = EXIT_OK_;
+        int rc = CLI_EXIT_OK;
         if (id) printf("%s\n", id);
         else {
             fprintf(stderr, "altgrad: job submit: no id in the answer\n");
-            rc = EXIT_INTERNAL;
+            rc = CLI_EXIT_INTERNAL;
         }
         json_decref(root);
         free(resp);
@@ -299,7 +161,7 @@ static int cmd_job(cli_opts *o, altgrad_client *c, int argc, char **argv)
             printf(" %s%s%s", info.error_code, info.error_code[0] ? ": " : "",
                    info.error_message);
         printf("\n");
-        return EXIT_OK_;
+        return CLI_EXIT_OK;
     }
     if (strcmp(sub, "wait") == 0 || strcmp(sub, "result") == 0) {
         if (sub[0] == 'w') {
@@ -318,18 +180,19 @@ static int cmd_job(cli_opts *o, altgrad_client *c, int argc, char **argv)
             snprintf(path, sizeof path, "/v1/jobs/%s/result", arg);
         else {
             fprintf(stderr, "altgrad: bad job id\n");
-            return EXIT_USAGE;
+            return CLI_EXIT_USAGE;
         }
         char *resp = NULL;
         size_t len = 0;
         if (altgrad_get_raw(c, path, &resp, &len, &err) != ALTGRAD_OK)
             return cli_report("job result", &err);
-        int rc = cli_write_file(o->output ? o->output : "-", resp, len) ? EXIT_FILE : EXIT_OK_;
+        int rc = cli_write_file(o->output ? o->output : "-", resp, len) ? CLI_EXIT_FILE
+                                                                          : CLI_EXIT_OK;
         free(resp);
         return rc;
     }
     fprintf(stderr, "altgrad: job: unknown subcommand '%s'\n", sub);
-    return EXIT_USAGE;
+    return CLI_EXIT_USAGE;
 }
 
 static int cmd_health(cli_opts *o, altgrad_client *c)
@@ -338,7 +201,7 @@ static int cmd_health(cli_opts *o, altgrad_client *c)
     if (altgrad_health(c, o->ready, &err) != ALTGRAD_OK)
         return cli_report(o->ready ? "ready" : "health", &err);
     printf("ok\n");
-    return EXIT_OK_;
+    return CLI_EXIT_OK;
 }
 
 static int cmd_info(altgrad_client *c)
@@ -353,7 +216,7 @@ static int cmd_info(altgrad_client *c)
     free(pretty);
     json_decref(root);
     free(text);
-    return EXIT_OK_;
+    return CLI_EXIT_OK;
 }
 
 /* ---- options --------------------------------------------------------------------------- */
@@ -413,8 +276,11 @@ static int parse_long(const char *flag, const char *s, long min, long max, long 
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || end == s || *end || v < min || v > max) {
-        fprintf(stderr, "altgrad: --%s: expected an integer in [%ld, %ld], got '%s'\n", flag, min,
-                max, s);
+        if (min == LONG_MIN && max == LONG_MAX)
+            fprintf(stderr, "altgrad: --%s: expected an integer, got '%s'\n", flag, s);
+        else
+            fprintf(stderr, "altgrad: --%s: expected an integer in [%ld, %ld], got '%s'\n", flag,
+                    min, max, s);
         return -1;
     }
     *out = v;
@@ -427,12 +293,27 @@ static int parse_double(const char *flag, const char *s, double min, double max,
     errno = 0;
     double v = strtod(s, &end);
     if (errno || end == s || *end || !(v >= min && v <= max)) {
-        fprintf(stderr, "altgrad: --%s: expected a number in [%g, %g], got '%s'\n", flag, min,
-                max, s);
+        if (isinf(min) && isinf(max))
+            fprintf(stderr, "altgrad: --%s: expected a number, got '%s'\n", flag, s);
+        else
+            fprintf(stderr, "altgrad: --%s: expected a number in [%g, %g], got '%s'\n", flag,
+                    min, max, s);
         return -1;
     }
     *out = v;
     return 0;
+}
+
+/* The index of s in names[0..n), or -1 with a message. */
+static int parse_name(const char *flag, const char *s, const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(s, names[i]) == 0) return i;
+    fprintf(stderr, "altgrad: --%s: expected", flag);
+    for (int i = 0; i < n; i++)
+        fprintf(stderr, "%s %s", i == 0 ? "" : i == n - 1 ? " or" : ",", names[i]);
+    fprintf(stderr, ", got '%s'\n", s);
+    return -1;
 }
 
 static void on_signal(int sig)
@@ -478,7 +359,18 @@ int main(int argc, char **argv)
     o.shards = 1;
 
     int seen[O_VERSION + 1] = {0};
-    int epsilon_set = 0, c;
+    int epsilon_set = 0, c, k;
+    ag_error cerr;
+    /* Indexed by the enum values (each counts from 0); the method's names are core's. */
+    static const char *const encoding_names[] = {"json", "b64"};
+    static const char *const norm_names[] = {"none", "layernorm"};
+    static const char *const activation_names[] = {"gelu", "relu"};
+    static const char *const loss_names[] = {"mse", "sum", "grad_output"};
+    const char *const method_names[] = {ag_method_name(AG_METHOD_EXACT),
+                                        ag_method_name(AG_METHOD_APPROX),
+                                        ag_method_name(AG_METHOD_AUTO)};
+    const char *const route_names[] = {ag_route_name(AG_ROUTE_FEATURES),
+                                       ag_route_name(AG_ROUTE_PAPER)};
     long v = 0;
     double dv = 0;
     while ((c = getopt_long(argc, argv, "qo:h", long_opts, NULL)) != -1) {
@@ -492,82 +384,88 @@ int main(int argc, char **argv)
         case O_CACERT: o.client.ca_file = optarg; break;
         case O_INSECURE: o.client.insecure = 1; break;
         case O_CONNECT_TIMEOUT:
-            if (parse_double(name, optarg, 0.001, 86400, &dv)) return EXIT_USAGE;
+            if (parse_double(name, optarg, 0.001, 86400, &dv)) return CLI_EXIT_USAGE;
             o.client.connect_timeout_ms = (long)(dv * 1000);
             break;
         case O_TIMEOUT:
-            if (parse_double(name, optarg, 0.001, 1e7, &dv)) return EXIT_USAGE;
+            if (parse_double(name, optarg, 0.001, 1e7, &dv)) return CLI_EXIT_USAGE;
             o.client.timeout_ms = (long)(dv * 1000);
             o.wait_timeout_s = dv;
             break;
         case O_RETRIES:
-            if (parse_long(name, optarg, 0, 100, &v)) return EXIT_USAGE;
+            if (parse_long(name, optarg, 0, 100, &v)) return CLI_EXIT_USAGE;
             o.client.max_retries = (int)v;
             break;
         case O_ENCODING:
-            if (strcmp(optarg, "json") == 0) o.client.encoding = AG_ENCODING_JSON;
-            else if (strcmp(optarg, "b64") == 0) o.client.encoding = AG_ENCODING_B64;
-            else { fprintf(stderr, "altgrad: --encoding: json or b64\n"); return EXIT_USAGE; }
+            if ((k = parse_name(name, optarg, encoding_names, 2)) < 0) return CLI_EXIT_USAGE;
+            o.client.encoding = (ag_encoding)k;
             break;
         case 'q': o.quiet = 1; break;
         case 'o': o.output = optarg; break;
         case O_READY: o.ready = 1; break;
-        case O_N: if (parse_long(name, optarg, 1, 1L << 24, &o.n)) return EXIT_USAGE; break;
-        case O_D_MODEL: if (parse_long(name, optarg, 1, 65536, &o.d_model)) return EXIT_USAGE; break;
-        case O_HEADS: if (parse_long(name, optarg, 1, 65536, &o.heads)) return EXIT_USAGE; break;
-        case O_LAYERS: if (parse_long(name, optarg, 1, 1024, &o.layers)) return EXIT_USAGE; break;
-        case O_D_FF: if (parse_long(name, optarg, 0, 1L << 20, &o.d_ff)) return EXIT_USAGE; break;
-        case O_BATCH: if (parse_long(name, optarg, 1, 1L << 20, &o.batch)) return EXIT_USAGE; break;
+        case O_N:
+            if (parse_long(name, optarg, 1, 1L << 24, &o.n)) return CLI_EXIT_USAGE;
+            break;
+        case O_D_MODEL:
+            if (parse_long(name, optarg, 1, 65536, &o.d_model)) return CLI_EXIT_USAGE;
+            break;
+        case O_HEADS:
+            if (parse_long(name, optarg, 1, 65536, &o.heads)) return CLI_EXIT_USAGE;
+            break;
+        case O_LAYERS:
+            if (parse_long(name, optarg, 1, 1024, &o.layers)) return CLI_EXIT_USAGE;
+            break;
+        case O_D_FF:
+            if (parse_long(name, optarg, 0, 1L << 20, &o.d_ff)) return CLI_EXIT_USAGE;
+            break;
+        case O_BATCH:
+            if (parse_long(name, optarg, 1, 1L << 20, &o.batch)) return CLI_EXIT_USAGE;
+            break;
         case O_CAUSAL: o.causal = 1; break;
         case O_NO_RESIDUAL: o.residual = 0; break;
         case O_NORM:
-            if (strcmp(optarg, "layernorm") == 0) o.norm = AG_NORM_LAYERNORM;
-            else if (strcmp(optarg, "none") == 0) o.norm = AG_NORM_NONE;
-            else { fprintf(stderr, "altgrad: --norm: layernorm or none\n"); return EXIT_USAGE; }
+            if ((k = parse_name(name, optarg, norm_names, 2)) < 0) return CLI_EXIT_USAGE;
+            o.norm = (ag_norm)k;
             break;
         case O_ACTIVATION:
-            if (strcmp(optarg, "gelu") == 0) o.activation = AG_ACT_GELU;
-            else if (strcmp(optarg, "relu") == 0) o.activation = AG_ACT_RELU;
-            else { fprintf(stderr, "altgrad: --activation: gelu or relu\n"); return EXIT_USAGE; }
+            if ((k = parse_name(name, optarg, activation_names, 2)) < 0) return CLI_EXIT_USAGE;
+            o.activation = (ag_activation)k;
             break;
         case O_LOSS:
-            if (strcmp(optarg, "sum") == 0) o.loss = AG_LOSS_SUM;
-            else if (strcmp(optarg, "mse") == 0) o.loss = AG_LOSS_MSE;
-            else if (strcmp(optarg, "grad_output") == 0) o.loss = AG_LOSS_GRAD_OUTPUT;
-            else { fprintf(stderr, "altgrad: --loss: sum, mse or grad_output\n"); return EXIT_USAGE; }
+            if ((k = parse_name(name, optarg, loss_names, 3)) < 0) return CLI_EXIT_USAGE;
+            o.loss = (ag_loss_kind)k;
             break;
         case O_METHOD:
-            if (strcmp(optarg, "auto") == 0) o.method.kind = AG_METHOD_AUTO;
-            else if (strcmp(optarg, "exact") == 0) o.method.kind = AG_METHOD_EXACT;
-            else if (strcmp(optarg, "approx") == 0) o.method.kind = AG_METHOD_APPROX;
-            else { fprintf(stderr, "altgrad: --method: auto, exact or approx\n"); return EXIT_USAGE; }
+            if ((k = parse_name(name, optarg, method_names, 3)) < 0) return CLI_EXIT_USAGE;
+            o.method.kind = (ag_method_kind)k;
             break;
-        case O_EPSILON:
-            if (parse_double(name, optarg, 1e-300, 1, &dv)) return EXIT_USAGE;
-            if (dv >= 1) {
-                fprintf(stderr, "altgrad: --epsilon: must lie in (0, 1)\n");
-                return EXIT_USAGE;
-            }
+        case O_EPSILON: /* the range is the method contract's, checked below */
+            if (parse_double(name, optarg, -HUGE_VAL, HUGE_VAL, &dv)) return CLI_EXIT_USAGE;
             o.method.epsilon = dv;
             epsilon_set = 1;
             break;
         case O_DEGREE:
-            if (parse_long(name, optarg, 1, AG_MAX_DEGREE, &v)) return EXIT_USAGE;
+            if (parse_long(name, optarg, LONG_MIN, LONG_MAX, &v)) return CLI_EXIT_USAGE;
+            if (ag_method_degree_check(v, &cerr) != AG_OK) {
+                fprintf(stderr, "altgrad: %s\n", cerr.message);
+                return CLI_EXIT_USAGE;
+            }
             o.method.degree = (int)v;
             break;
         case O_ROUTE:
-            if (strcmp(optarg, "features") == 0) o.method.route = AG_ROUTE_FEATURES;
-            else if (strcmp(optarg, "paper") == 0) o.method.route = AG_ROUTE_PAPER;
-            else { fprintf(stderr, "altgrad: --route: features or paper\n"); return EXIT_USAGE; }
+            if ((k = parse_name(name, optarg, route_names, 2)) < 0) return CLI_EXIT_USAGE;
+            o.method.route = (ag_route)k;
             break;
         case O_VERIFY: o.verify = 1; break;
         case O_SEED:
-            if (parse_long(name, optarg, 0, __LONG_MAX__, &v)) return EXIT_USAGE;
+            if (parse_long(name, optarg, 0, __LONG_MAX__, &v)) return CLI_EXIT_USAGE;
             o.seed = (unsigned long long)v;
             break;
-        case O_SCALE: if (parse_double(name, optarg, 0, 1e6, &o.scale)) return EXIT_USAGE; break;
+        case O_SCALE:
+            if (parse_double(name, optarg, 0, 1e6, &o.scale)) return CLI_EXIT_USAGE;
+            break;
         case O_SHARDS:
-            if (parse_long(name, optarg, 1, 1024, &v)) return EXIT_USAGE;
+            if (parse_long(name, optarg, 1, 1024, &v)) return CLI_EXIT_USAGE;
             o.shards = (int)v;
             break;
         case O_ASYNC: o.async = 1; break;
@@ -575,14 +473,14 @@ int main(int argc, char **argv)
         case O_SAVE_REQUEST: o.save_request = optarg; break;
         case O_DRY_RUN: o.dry_run = 1; break;
         case 'h':
-        case O_HELP: fputs(usage_text, stdout); return EXIT_OK_;
-        case O_VERSION: printf("altgrad 1.0 (API v1)\n"); return EXIT_OK_;
-        default: fputs("altgrad: see altgrad --help\n", stderr); return EXIT_USAGE;
+        case O_HELP: fputs(usage_text, stdout); return CLI_EXIT_OK;
+        case O_VERSION: printf("altgrad 1.0 (API v1)\n"); return CLI_EXIT_OK;
+        default: fputs("altgrad: see altgrad --help\n", stderr); return CLI_EXIT_USAGE;
         }
     }
     if (optind >= argc) {
         fputs(usage_text, stderr);
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     const char *cmd = argv[optind];
     static const char *const cmds[] = {"grad", "random", "job", "health", "info"};
@@ -590,7 +488,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) known |= strcmp(cmd, cmds[i]) == 0;
     if (!known) {
         fprintf(stderr, "altgrad: unknown command '%s' (see altgrad --help)\n", cmd);
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     for (int opt = 'o'; opt <= O_DRY_RUN; opt++) {
         if (!seen[opt] || option_allowed(cmd, opt)) continue;
@@ -598,19 +496,23 @@ int main(int argc, char **argv)
         for (const struct option *lo = long_opts; lo->name; lo++)
             if (lo->val == opt) name = lo->name;
         fprintf(stderr, "altgrad: %s does not take --%s\n", cmd, name);
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     if (o.method.degree && epsilon_set) {
         fprintf(stderr, "altgrad: give --epsilon or --degree, not both\n");
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     if (o.method.kind == AG_METHOD_EXACT && (o.method.degree || epsilon_set)) {
         fprintf(stderr, "altgrad: --epsilon/--degree need --method approx or auto\n");
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
+    }
+    if (ag_method_check(&o.method, &cerr) != AG_OK) {
+        fprintf(stderr, "altgrad: %s\n", cerr.message);
+        return CLI_EXIT_USAGE;
     }
     if (o.async && o.shards > 1) {
         fprintf(stderr, "altgrad: --async and --shards do not go together\n");
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     if (o.d_ff < 0) o.d_ff = 4 * o.d_model;
     int npos = argc - optind - 1;
@@ -619,7 +521,7 @@ int main(int argc, char **argv)
         ((strcmp(cmd, "random") == 0 || strcmp(cmd, "health") == 0 ||
           strcmp(cmd, "info") == 0) && npos != 0)) {
         fprintf(stderr, "altgrad: %s: wrong number of arguments (see altgrad --help)\n", cmd);
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
 
     struct sigaction sa;

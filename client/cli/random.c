@@ -1,11 +1,10 @@
-/* `altgrad random`: a random model and input, sent to the service, and the readable summary
- * every command prints. */
+/* `altgrad random`: a random model and input (reproducible from --seed), sent to the service;
+ * the summary of the answer is report.c's. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
 
@@ -38,106 +37,7 @@ static void fill_normal(rng *r, float *a, size_t count, double std)
     }
 }
 
-/* ---- summary --------------------------------------------------------------------------- */
-
-static const char *head_method(const ag_head_report *h)
-{
-    return h->method == AG_METHOD_EXACT ? "exact" : h->method == AG_METHOD_APPROX ? "approx"
-                                                                                  : "auto";
-}
-
-static int heads_alike(const ag_head_report *a, const ag_head_report *b)
-{
-    return a->method == b->method && a->degree == b->degree && a->rank == b->rank &&
-           a->route == b->route;
-}
-
-static double l2(const float *a, size_t count)
-{
-    double s = 0;
-    for (size_t i = 0; i < count; i++) s += (double)a[i] * a[i];
-    return sqrt(s);
-}
-
-void cli_print_summary(FILE *out, const ag_model_config *cfg, const altgrad_result *res,
-                       double client_ms)
-{
-    if (res->has_loss) fprintf(out, "loss          %.9g\n", res->loss);
-    else fprintf(out, "loss          (none: grad_output)\n");
-    fprintf(out, "method        %s\n", res->method[0] ? res->method : "?");
-    if (res->heads) {
-        for (int l = 0; l < res->n_layers; l++) {
-            const ag_head_report *hs = res->heads + (size_t)l * res->n_heads;
-            int alike = 1;
-            double rmax = 0, emax = 0;
-            for (int h = 0; h < res->n_heads; h++) {
-                alike &= heads_alike(&hs[0], &hs[h]);
-                if (hs[h].bound > rmax) rmax = hs[h].bound;
-                if (hs[h].error_bound > emax) emax = hs[h].error_bound;
-            }
-            for (int h = 0; h < res->n_heads; h++) {
-                const ag_head_report *x = &hs[h];
-                if (alike && h > 0) break;
-                char who[48];
-                if (alike && res->n_heads > 1)
-                    snprintf(who, sizeof who, "layer %d heads 0-%d", l, res->n_heads - 1);
-                else
-                    snprintf(who, sizeof who, "layer %d head %d", l, h);
-                fprintf(out, "  %-22s %-6s", who, head_method(x));
-                if (x->method == AG_METHOD_APPROX)
-                    fprintf(out, " degree %2d rank %6zu route %s", x->degree, x->rank,
-                            ag_route_name(x->route));
-                fprintf(out, "  R %s%.3g", alike && res->n_heads > 1 ? "<= " : "",
-                        alike ? rmax : x->bound);
-                if (x->method == AG_METHOD_APPROX)
-                    fprintf(out, "  error bound %s%.2g", alike && res->n_heads > 1 ? "<= " : "",
-                            alike ? emax : x->error_bound);
-                if (x->reason) fprintf(out, "  (%s)", x->reason);
-                fputc('\n', out);
-            }
-        }
-    }
-    size_t count = res->batch * res->n * res->d_model;
-    if (res->grad_input)
-        fprintf(out, "grad_input    [%zu, %zu, %zu]  |g| %.6g\n", res->batch, res->n,
-                res->d_model, l2(res->grad_input, count));
-    if (res->grad_layers)
-        for (int l = 0; l < res->n_layers; l++) {
-            fprintf(out, "grad layer %-2d", l);
-            for (int p = 0; p < AG_P_COUNT; p++) {
-                size_t numel = ag_param_numel(cfg, p);
-                if (numel && res->grad_layers[l].p[p])
-                    fprintf(out, " %s %.4g", ag_param_name(p), l2(res->grad_layers[l].p[p], numel));
-            }
-            fputc('\n', out);
-        }
-    fprintf(out, "timing        server decode %.1f ms, compute %.1f ms, encode %.1f ms",
-            res->timing.decode_ms, res->timing.compute_ms, res->timing.encode_ms);
-    if (client_ms >= 0) fprintf(out, "; round trip %.1f ms", client_ms);
-    fputc('\n', out);
-    if (res->has_verification) {
-        fprintf(out, "verification  relative error vs exact: grad_input %.3g\n",
-                res->verify_grad_input);
-        if (res->verify_layers)
-            for (int l = 0; l < res->n_layers; l++) {
-                fprintf(out, "  layer %-2d    ", l);
-                for (int p = 0; p < AG_P_COUNT; p++) {
-                    double e = res->verify_layers[(size_t)l * AG_P_COUNT + p];
-                    if (!isnan(e)) fprintf(out, " %s %.3g", ag_param_name(p), e);
-                }
-                fputc('\n', out);
-            }
-    }
-}
-
 /* ---- the command ----------------------------------------------------------------------- */
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 int cli_cmd_random(cli_opts *o, altgrad_client *client)
 {
@@ -149,23 +49,23 @@ int cli_cmd_random(cli_opts *o, altgrad_client *client)
     ag_error cerr;
     if (ag_model_config_check(&cfg, &cerr) != AG_OK) {
         fprintf(stderr, "altgrad: random: %s\n", cerr.message);
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     size_t row = (size_t)o->n * (size_t)o->d_model;
     if ((size_t)o->batch > ((size_t)1 << 31) / row) {
         fprintf(stderr, "altgrad: random: batch * n * d_model over 2^31 elements\n");
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     size_t count = (size_t)o->batch * row;
     rng r = {o->seed};
-    int rc = EXIT_OK_;
+    int rc = CLI_EXIT_OK;
     ag_layer_params *layers = calloc((size_t)cfg.n_layers, sizeof *layers);
     float *input = malloc(count * sizeof(float));
     float *loss_t = o->loss == AG_LOSS_SUM ? NULL : malloc(count * sizeof(float));
-    if (!layers || !input || (o->loss != AG_LOSS_SUM && !loss_t)) rc = EXIT_INTERNAL;
-    for (int l = 0; l < cfg.n_layers && rc == EXIT_OK_; l++) {
+    if (!layers || !input || (o->loss != AG_LOSS_SUM && !loss_t)) rc = CLI_EXIT_INTERNAL;
+    for (int l = 0; l < cfg.n_layers && rc == CLI_EXIT_OK; l++) {
         if (ag_layer_params_alloc(&cfg, &layers[l], NULL) != AG_OK) {
-            rc = EXIT_INTERNAL;
+            rc = CLI_EXIT_INTERNAL;
             break;
         }
         for (int p = 0; p < AG_P_COUNT; p++) {
@@ -179,7 +79,7 @@ int cli_cmd_random(cli_opts *o, altgrad_client *client)
                 fill_normal(&r, w, shape[0] * shape[1], o->scale / sqrt((double)shape[0]));
         }
     }
-    if (rc == EXIT_OK_) {
+    if (rc == CLI_EXIT_OK) {
         fill_normal(&r, input, count, 1.0);
         if (loss_t) fill_normal(&r, loss_t, count, 1.0);
     }
@@ -196,14 +96,14 @@ int cli_cmd_random(cli_opts *o, altgrad_client *client)
     req.return_mask = AG_RETURN_DEFAULT | (o->want_output ? AG_RETURN_OUTPUT : 0);
 
     altgrad_error err;
-    if (rc == EXIT_OK_ && o->save_request) {
+    if (rc == CLI_EXIT_OK && o->save_request) {
         size_t len = 0;
         char *body = altgrad_request_encode(&req, o->client.encoding, &len, &err);
         if (!body) rc = cli_report("random", &err);
-        else if (cli_write_file(o->save_request, body, len) != 0) rc = EXIT_FILE;
+        else if (cli_write_file(o->save_request, body, len) != 0) rc = CLI_EXIT_FILE;
         free(body);
     }
-    if (rc == EXIT_OK_ && !o->dry_run) {
+    if (rc == CLI_EXIT_OK && !o->dry_run) {
         if (!o->quiet)
             fprintf(stderr,
                     "altgrad random: n %ld, d_model %ld, heads %ld, layers %ld, d_ff %ld, batch "
@@ -212,7 +112,7 @@ int cli_cmd_random(cli_opts *o, altgrad_client *client)
                     o->causal ? ", causal" : "", ag_method_name(o->method.kind), o->seed);
         altgrad_result res;
         altgrad_status st;
-        double t0 = now_ms();
+        double t0 = cli_now_ms();
         if (o->async) {
             cli_progress prog;
             cli_progress_init(&prog, o->quiet);
@@ -224,7 +124,7 @@ int cli_cmd_random(cli_opts *o, altgrad_client *client)
         } else {
             st = altgrad_gradients(client, &req, &res, &err);
         }
-        double ms = now_ms() - t0;
+        double ms = cli_now_ms() - t0;
         if (st != ALTGRAD_OK) {
             rc = cli_report("random", &err);
         } else {

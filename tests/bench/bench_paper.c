@@ -1,7 +1,7 @@
 /* The one published table for the method, rerun through altgrad's core (make bench-paper,
  * tests/bench/bench_paper.sh, docs/bench_paper.md).
  *
- * Their setup (github.com/JamesSand/MultiLayer, low_rank_approx.py; research/paper.md §5):
+ * Their setup (github.com/JamesSand/MultiLayer, low_rank_approx.py; docs/paper_notes.md):
  * one attention forward, batch 1, one head, float32, n = 10 * 2^d, q and k entries
  * N(0,1)/sqrt(d), v entries N(0,1), kernel exp(q k^T) with no further scale, degree-2 Taylor
  * features with full tensor products (rank 1 + d + d^2), error |O - O~|_F / |O + O~|_F, exact

@@ -65,6 +65,10 @@ expect 2 "unknown command" -- "$CLI" frobnicate
 expect 2 "bad number" -- "${A[@]}" random --n abc
 expect 2 "option of another command" -- "${A[@]}" health --n 5
 expect 2 "epsilon and degree" -- "${A[@]}" random --epsilon 1e-3 --degree 3
+expect 2 "epsilon out of range" -- "${A[@]}" random --dry-run --epsilon 2
+has "$WORK/err" "method.epsilon: must lie strictly between 0 and 1, got 2" "the method contract"
+expect 2 "degree 0 given" -- "${A[@]}" random --dry-run --degree 0
+has "$WORK/err" "method.degree: must be an integer from 1 to 20, got 0" "a given degree is fixed"
 expect 2 "grad without a file" -- "${A[@]}" grad
 expect 7 "missing request file" -- "${A[@]}" grad "$WORK/nonexistent.json"
 

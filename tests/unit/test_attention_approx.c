@@ -29,9 +29,9 @@
 #include "lib/model_case.h"
 
 /* The features route differentiates p, whose derivative approximates e^x less well than p
- * does (paper.md section 6 note 5): measured gradient errors are <= 1.8 eps over the cases
- * below (AG_TEST_VERBOSE=1 prints them); 5 eps leaves room without being vacuous. The FD
- * check compares a float32 kernel with a double function: measured <= 1e-6. */
+ * does (docs/paper_notes.md, "The two backward routes"): measured gradient errors are <= 1.8 eps
+ * over the cases below (AG_TEST_VERBOSE=1 prints them); 5 eps leaves room without being vacuous.
+ * The FD check compares a float32 kernel with a double function: measured <= 1e-6. */
 #define GRAD_FACTOR 5.0
 #define FD_TOL 1e-5
 
@@ -89,7 +89,7 @@ static double ref_forward(const ref_cfg *cf, const double *q, const double *k, c
     return loss;
 }
 
-/* Exact softmax gradients (DESIGN.md), double: dq, dk, dv [n, d] overwritten. */
+/* Exact softmax gradients (docs/paper_notes.md), double: dq, dk, dv [n, d] overwritten. */
 static void ref_exact_backward(const ref_cfg *cf, const double *q, const double *k,
                                const double *v, const double *dout, double *dq, double *dk,
                                double *dv)

@@ -7,7 +7,7 @@
  *  (2) against exact softmax attention: every gradient within PAPER_FACTOR x the reported
  *      entrywise bound, causal and not, d_head 1, 4, 8, three epsilons; and against the
  *      features route (both approximate the same gradient): within the sum of the two
- *      routes' factors; route paper's error is the smaller on aggregate (paper.md 6, note 5);
+ *      routes' factors; route paper's error is the smaller on aggregate (docs/paper_notes.md);
  *  (3) the error falls with the degree;
  *  (4) the slab loop (states cut along their last index) gives the unsliced result, at d_head
  *      8 by request and at d_head 32 where the workspace budget itself forces slabs; the

@@ -422,7 +422,7 @@ START_TEST(test_approx_verify)
     altgrad_result res;
     altgrad_error err;
     ck_assert_msg(altgrad_gradients(c, &req, &res, &err) == ALTGRAD_OK, "%s", err.message);
-    ck_assert_str_eq(res.method, "approx");
+    ck_assert_str_eq(res.method_name, "approx");
     ck_assert_ptr_nonnull(res.heads);
     for (int h = 0; h < 2; h++) {
         ck_assert_int_eq(res.heads[h].method, AG_METHOD_APPROX);
@@ -431,11 +431,12 @@ START_TEST(test_approx_verify)
         ck_assert(res.heads[h].error_bound > 0 && res.heads[h].error_bound <= 1e-3);
     }
     ck_assert(res.has_verification);
-    ck_assert_msg(res.verify_grad_input >= 0 && res.verify_grad_input < 0.05, "%g",
-                  res.verify_grad_input);
-    ck_assert_ptr_nonnull(res.verify_layers);
-    ck_assert(!isnan(res.verify_layers[AG_P_WQ]) && res.verify_layers[AG_P_WQ] < 0.05);
-    ck_assert(isnan(res.verify_layers[AG_P_W1])); /* no MLP in this model */
+    ck_assert_msg(res.verification.grad_input >= 0 && res.verification.grad_input < 0.05, "%g",
+                  res.verification.grad_input);
+    ck_assert_ptr_nonnull(res.verification.layers);
+    ck_assert(!isnan(res.verification.layers[AG_P_WQ]) &&
+              res.verification.layers[AG_P_WQ] < 0.05);
+    ck_assert(isnan(res.verification.layers[AG_P_W1])); /* no MLP in this model */
     /* the service's approximate gradient is close to the exact one computed here */
     double d = diff_against_core(&m, AG_LOSS_SUM, &res);
     ck_assert_msg(d < 0.05, "approx vs exact core: %g", d);
@@ -469,6 +470,10 @@ START_TEST(test_sharded_equals_unsharded)
                           "outputs are not the concatenation");
             ck_assert_ptr_nonnull(part.heads);
             ck_assert_int_eq(part.n_layers, 2);
+            /* the merged result describes itself like a decoded one */
+            ck_assert_int_eq(part.batched, whole.batched);
+            ck_assert_str_eq(part.method_name, whole.method_name);
+            ck_assert_int_eq(part.n_heads, whole.n_heads);
             altgrad_result_free(&part);
         }
         altgrad_result_free(&whole);
@@ -589,6 +594,38 @@ START_TEST(test_cancel)
 }
 END_TEST
 
+/* A sharded call that fails on the server reports the server's error, its message naming
+ * the shard: 65 layers are over the service's limit of 64 (413 at model.n_layers). */
+START_TEST(test_sharded_error_names_the_shard)
+{
+    enum { L = 65 };
+    ag_model_config cfg = {.d_model = 2, .n_heads = 1, .n_layers = L, .norm = AG_NORM_NONE};
+    static float eye[4] = {1, 0, 0, 1}, x[4] = {0.5f, -0.25f, 1, 2};
+    ag_layer_params layers[L];
+    memset(layers, 0, sizeof layers);
+    for (int l = 0; l < L; l++)
+        for (int i = AG_P_WQ; i <= AG_P_WO; i++) layers[l].p[i] = eye;
+    altgrad_request req = altgrad_request_init(&cfg);
+    req.layers = layers;
+    req.input = x;
+    req.batch = 2;
+    req.n = 1;
+    req.batched = 1;
+    req.method = ag_method_default(AG_METHOD_EXACT);
+    altgrad_client *c = client_for(main_srv.url, AG_ENCODING_B64);
+    altgrad_result res;
+    altgrad_error err;
+    ck_assert_int_eq(altgrad_gradients_sharded(c, &req, 2, &res, &err), ALTGRAD_E_HTTP_4XX);
+    ck_assert_int_eq(err.http_status, 413);
+    ck_assert_str_eq(err.code, "too_large");
+    ck_assert_str_eq(err.field, "model.n_layers");
+    ck_assert_msg(strncmp(err.message, "shard ", 6) == 0 &&
+                      strncmp(err.message + 7, " of 2: HTTP 413: model.n_layers: ", 33) == 0,
+                  "%s", err.message);
+    altgrad_client_free(c);
+}
+END_TEST
+
 START_TEST(test_errors)
 {
     model m;
@@ -636,8 +673,8 @@ START_TEST(test_errors)
     ck_assert_int_eq(err.attempts, 1);
     ck_assert_msg(strstr(err.field, "layers[0].wq") != NULL, "field '%s' (%s)", err.field,
                   err.message);
-    ck_assert_str_ne(err.code, "");
-    ck_assert_str_ne(err.message, "");
+    ck_assert_str_eq(err.code, "invalid_shape");
+    ck_assert_msg(strncmp(err.message, "HTTP 400: layers[0].wq: ", 24) == 0, "%s", err.message);
     free(body);
     /* a raw body that is not JSON */
     ck_assert_int_eq(altgrad_post_raw(c, "/v1/gradients", "{", 1, &out, NULL, &err),
@@ -898,6 +935,7 @@ static Suite *client_suite(void)
     tcase_add_test(tc, test_json_equals_b64);
     tcase_add_test(tc, test_approx_verify);
     tcase_add_test(tc, test_sharded_equals_unsharded);
+    tcase_add_test(tc, test_sharded_error_names_the_shard);
     tcase_add_test(tc, test_jobs);
     tcase_add_test(tc, test_cancel);
     tcase_add_test(tc, test_errors);

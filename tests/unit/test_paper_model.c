@@ -6,9 +6,9 @@
  *  (2) the paper's errata: on its pure form (one head, no norm, MLP or residual; wo = I so
  *      that y = f X W_V) with non-symmetric weights (wq != wk^T), central finite differences
  *      of the double reference model give the true gradient. The corrected closed forms
- *      (paper.md 3.2, computed here naively in double) match it; the forms as printed in
- *      arXiv 2408.13233v2 (dL/dW_V = X^T f G; dL/dX = D6 + D7 + D8 + D2 + D4 with f for f^T and
- *      W for W^T) miss it by O(0.1-1); route paper matches it within the bound;
+ *      (docs/paper_notes.md, "The errata"; computed here naively in double) match it; the forms as
+ *      printed in arXiv 2408.13233v2 (dL/dW_V = X^T f G; dL/dX = D6 + D7 + D8 + D2 + D4 with f for
+ *      f^T and W for W^T) miss it by O(0.1-1); route paper matches it within the bound;
  *  (3) the error falls with the degree.
  */
 #include <check.h>
@@ -185,7 +185,8 @@ static void forms_free(closed_forms *f)
  * upstream gradient G (wo = I, so y = s = f h). printed = 1: the forms of arXiv 2408.13233v2,
  * Lemma D.17 (dL/dX = D6 + D7 + D8 + D2 + D4) and Lemma G.3 (dL/dW_V = X^T f G), with
  * W = c W_Q W_K^T absorbing the scale (the appendix drops it); dWq, dWk then come from the
- * paper's (correct) dL/dW = X^T p X. printed = 0: the corrected forms of paper.md 3.2. */
+ * paper's (correct) dL/dW = X^T p X. printed = 0: the corrected forms of docs/paper_notes.md,
+ * "The errata". */
 static closed_forms pure_forms(const double *X, const ref_params *rp, const double *G, size_t n,
                                size_t d, int causal, int printed)
 {

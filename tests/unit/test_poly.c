@@ -86,7 +86,7 @@ static int min_degree(ag_poly kind, double R, double eps)
 
 START_TEST(test_chebyshev_needs_lower_degree)
 {
-    /* paper.md section 2's measured table, which the near-tight bounds reproduce */
+    /* the measured table of docs/paper_notes.md, which the near-tight bounds reproduce */
     ck_assert_int_eq(min_degree(AG_POLY_CHEBYSHEV, 1, 1e-3), 5);
     ck_assert_int_eq(min_degree(AG_POLY_CHEBYSHEV, 2, 1e-3), 7);
     ck_assert_int_eq(min_degree(AG_POLY_CHEBYSHEV, 3, 1e-4), 10);

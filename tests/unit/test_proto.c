@@ -920,7 +920,7 @@ START_TEST(test_value_messages)
     /* The lifted reader keeps the sign of an integer zero ("-0"), as strtod does. */
     float f = 1;
     double bad;
-    ck_assert_uint_eq(ag_parse_numbers("[-0]", 4, &f, 1, &bad), 1);
+    ck_assert_uint_eq(ag_jdoc_parse_numbers("[-0]", 4, &f, 1, &bad), 1);
     ck_assert(f == 0 && signbit(f));
 }
 END_TEST
@@ -1426,7 +1426,7 @@ START_TEST(test_format_float9_matches_printf)
                                  FLT_MIN, 1.4e-45f, 3e-45f, 0.5f, 100000000.0f, 16777216.0f,
                                  0.000123456789f, 1e38f, 9.5e-7f};
     for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++) {
-        ag_format_float9(edge[i], a);
+        ag_buf_format_float9(edge[i], a);
         snprintf(b, sizeof b, "%.9g", (double)edge[i]);
         ck_assert_str_eq(a, b);
     }
@@ -1436,7 +1436,7 @@ START_TEST(test_format_float9_matches_printf)
         memcpy(&f, &bits, 4);
         if (!isfinite(f)) continue;
         if (i % 4 == 0) f = (float)(rng_float(&seed) * pow(10, (int)(rng_next(&seed) % 20) - 10));
-        size_t n = ag_format_float9(f, a);
+        size_t n = ag_buf_format_float9(f, a);
         snprintf(b, sizeof b, "%.9g", (double)f);
         ck_assert_msg(strcmp(a, b) == 0, "%a: %s vs %s", (double)f, a, b);
         ck_assert_uint_eq(n, strlen(b));
@@ -1448,7 +1448,7 @@ START_TEST(test_format_float9_matches_printf)
         float near[3] = {nextafterf(f, 0), f, nextafterf(f, INFINITY)};
         for (int k = 0; k < 3; k++) {
             if (!isfinite(near[k])) continue;
-            ag_format_float9(near[k], a);
+            ag_buf_format_float9(near[k], a);
             snprintf(b, sizeof b, "%.9g", (double)near[k]);
             ck_assert_msg(strcmp(a, b) == 0, "%a: %s vs %s", (double)near[k], a, b);
         }
@@ -1490,6 +1490,40 @@ START_TEST(test_error_encode)
                      "\xef\xbf\xbd\xef\xbf\xbd");
     json_decref(j);
     free(s);
+}
+END_TEST
+
+/* ag_proto_error_decode reads what ag_error_encode writes, and only error bodies. */
+START_TEST(test_error_decode)
+{
+    ag_proto_error err, back;
+    ag_proto_fail(&err, 413, "too_large", "layers[2].w1", "layers[2].w1: \"big\"\n, %d", 7);
+    size_t len;
+    char *s = ag_error_encode(&err, &len);
+    memset(&back, 0x5a, sizeof back);
+    ck_assert_int_eq(ag_proto_error_decode(s, len, &back), 0);
+    free(s);
+    ck_assert_int_eq(back.http_status, 0); /* the caller has the HTTP status */
+    ck_assert_str_eq(back.code, err.code);
+    ck_assert_str_eq(back.field, err.field);
+    ck_assert_str_eq(back.message, err.message);
+    /* one of code and message is enough; the rest is "" */
+    const char *only_code = "{\"error\": {\"code\": \"busy\"}}";
+    ck_assert_int_eq(ag_proto_error_decode(only_code, strlen(only_code), &back), 0);
+    ck_assert_str_eq(back.code, "busy");
+    ck_assert_str_eq(back.message, "");
+    ck_assert_str_eq(back.field, "");
+    static const char *const not_errors[] = {
+        "", "<html>502 Bad Gateway</html>", "[]", "{\"loss\": 1}", "{\"error\": \"text\"}",
+        "{\"error\": {\"field\": \"x\"}}", "{\"error\": {\"code\": 3, \"message\": null}}",
+    };
+    for (size_t i = 0; i < sizeof not_errors / sizeof not_errors[0]; i++) {
+        memset(&back, 0x5a, sizeof back);
+        ck_assert_msg(ag_proto_error_decode(not_errors[i], strlen(not_errors[i]), &back) == -1,
+                      "accepted %s", not_errors[i]);
+        ck_assert_int_eq((unsigned char)back.code[0], 0x5a); /* untouched */
+    }
+    ck_assert_int_eq(ag_proto_error_decode(NULL, 0, &back), -1);
 }
 END_TEST
 
@@ -1550,6 +1584,7 @@ static Suite *proto_suite(void)
     tcase_add_test(tc, test_request_round_trip);
     tcase_add_test(tc, test_format_float9_matches_printf);
     tcase_add_test(tc, test_error_encode);
+    tcase_add_test(tc, test_error_decode);
     tcase_add_test(tc, test_from_core);
     suite_add_tcase(s, tc);
     return s;

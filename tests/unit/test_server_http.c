@@ -1,5 +1,5 @@
 /* altgradd over HTTP, without compute: every non-compute endpoint and every protocol-level
- * error of API.md (404, 405 + Allow, 415, 413 from Content-Length and from a chunked body,
+ * error of docs/api.md (404, 405 + Allow, 415, 413 from Content-Length and from a chunked body,
  * 400 for bodies the decoder refuses), request ids, keep-alive, access logs, and clients that
  * stall half-way through a request while others are served. */
 #include <check.h>
