@@ -9,7 +9,7 @@
 #include "jobs.h"
 #include "server.h"
 
-static void set_error(job *j, const ag_proto_error *e)
+static void set_error(srv_job *j, const ag_proto_error *e)
 {
     j->error = *e;
     j->http_status = e->http_status;
@@ -18,7 +18,7 @@ static void set_error(job *j, const ag_proto_error *e)
     if (!j->out) j->out_len = 0;
 }
 
-void compute_fail(job *j, int status, const char *code, const char *fmt, ...)
+void compute_fail(srv_job *j, int status, const char *code, const char *fmt, ...)
 {
     ag_proto_error e;
     memset(&e, 0, sizeof e);
@@ -31,14 +31,14 @@ void compute_fail(job *j, int status, const char *code, const char *fmt, ...)
     set_error(j, &e);
 }
 
-void compute_fail_cancelled(server *srv, job *j)
+void compute_fail_cancelled(server *srv, srv_job *j)
 {
-    switch ((cancel_reason)atomic_load(&j->cancel_why)) {
-    case CANCEL_TIMEOUT:
+    switch ((srv_cancel_reason)atomic_load(&j->cancel_why)) {
+    case SRV_CANCEL_TIMEOUT:
         compute_fail(j, 504, "timeout", "the job did not finish within the server's timeout "
                      "of %g s (--timeout)", srv->cfg.timeout_s);
         break;
-    case CANCEL_SHUTDOWN:
+    case SRV_CANCEL_SHUTDOWN:
         compute_fail(j, 503, "shutting_down", "the server is shutting down; retry on another "
                      "instance");
         break;
@@ -48,7 +48,7 @@ void compute_fail_cancelled(server *srv, job *j)
     }
 }
 
-static void release_body(server *srv, job *j)
+static void release_body(server *srv, srv_job *j)
 {
     free(j->body);
     j->body = NULL;
@@ -57,7 +57,7 @@ static void release_body(server *srv, job *j)
     j->body_reserved = 0;
 }
 
-void compute_job_skipped(server *srv, job *j)
+void compute_job_skipped(server *srv, srv_job *j)
 {
     release_body(srv, j);
     compute_fail_cancelled(srv, j);
@@ -65,7 +65,7 @@ void compute_job_skipped(server *srv, job *j)
 
 /* Progress of a job whose core may run twice (verify): each run covers [base, base+span]. */
 typedef struct {
-    job *j;
+    srv_job *j;
     double base, span;
 } progress_ctx;
 
@@ -92,7 +92,7 @@ static size_t sat_add(size_t a, size_t b)
     return a > SIZE_MAX - b ? SIZE_MAX : a + b;
 }
 
-static int fail_core(server *srv, job *j, const ag_error *err)
+static int fail_core(server *srv, srv_job *j, const ag_error *err)
 {
     if (err->status == AG_ERR_CANCELLED) {
         compute_fail_cancelled(srv, j);
@@ -169,11 +169,11 @@ static int fault_alloc_now(server *srv)
     return k % srv->fault_alloc_every == 0;
 }
 
-void compute_job(server *srv, job *j)
+void compute_job(server *srv, srv_job *j)
 {
     j->t_started = uv_hrtime();
-    int expected = JOB_QUEUED;
-    if (!atomic_compare_exchange_strong(&j->state, &expected, JOB_RUNNING) ||
+    int expected = SRV_JOB_QUEUED;
+    if (!atomic_compare_exchange_strong(&j->state, &expected, SRV_JOB_RUNNING) ||
         atomic_load(&j->cancel)) {
         release_body(srv, j);
         compute_fail_cancelled(srv, j);
@@ -206,8 +206,8 @@ void compute_job(server *srv, job *j)
         return;
     }
     if (mrc != 0) {
-        if (atomic_load(&j->cancel_why) == CANCEL_NONE)
-            atomic_store(&j->cancel_why, CANCEL_TIMEOUT); /* the deadline passed waiting */
+        if (atomic_load(&j->cancel_why) == SRV_CANCEL_NONE)
+            atomic_store(&j->cancel_why, SRV_CANCEL_TIMEOUT); /* the deadline passed waiting */
         compute_fail_cancelled(srv, j);
         ag_request_free(&rq);
         return;

@@ -5,22 +5,22 @@
 #define ALTGRAD_SERVER_COMPUTE_H
 
 struct server;
-struct job;
+struct srv_job;
 
 /* Fills j->http_status and j->out (the response body, or an error body with j->error set);
  * frees j->body. Never fails silently: every path leaves a status and, memory permitting, a
  * body. */
-void compute_job(struct server *srv, struct job *j);
+void compute_job(struct server *srv, struct srv_job *j);
 
 /* Loop thread: the job was taken off the queue before it ran. Frees its body and sets the
  * error that matches why it was cancelled. */
-void compute_job_skipped(struct server *srv, struct job *j);
+void compute_job_skipped(struct server *srv, struct srv_job *j);
 
 /* Sets j's error (status, code, message; field "") and renders its body. */
-void compute_fail(struct job *j, int status, const char *code, const char *fmt, ...)
+void compute_fail(struct srv_job *j, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
 /* Sets the error matching j's cancel reason (timeout 504, shutdown 503, user 409). */
-void compute_fail_cancelled(struct server *srv, struct job *j);
+void compute_fail_cancelled(struct server *srv, struct srv_job *j);
 
 #endif

@@ -23,7 +23,7 @@ typedef struct http_req {
     char request_id[40];
     uint64_t t_start;         /* uv_hrtime() at the first callback */
     srv_route route;
-    char job_id[JOB_ID_MAX];  /* the {id} of job routes */
+    char job_id[SRV_JOB_ID_MAX]; /* the {id} of job routes */
     int token;                /* index of the bearer token, -1 without auth */
 
     int deferred;             /* answered when complete (no body to wait for) */
@@ -49,7 +49,7 @@ typedef struct http_req {
     struct MHD_Response *pending; /* made while suspended; queued on the next callback */
     int pending_status;
     int is_suspended;
-    job *job;                 /* the sync job this request waits for */
+    srv_job *job;             /* the sync job this request waits for */
     struct {
         const char *name;
         char value[96];

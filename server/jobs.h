@@ -15,10 +15,21 @@
 
 #include "../proto/proto.h"
 
-typedef enum { JOB_QUEUED = 0, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_CANCELLED } job_state;
+typedef enum {
+    SRV_JOB_QUEUED = 0,
+    SRV_JOB_RUNNING,
+    SRV_JOB_DONE,
+    SRV_JOB_FAILED,
+    SRV_JOB_CANCELLED
+} srv_job_state;
 
 /* Why the cancel flag was raised. */
-typedef enum { CANCEL_NONE = 0, CANCEL_USER, CANCEL_TIMEOUT, CANCEL_SHUTDOWN } cancel_reason;
+typedef enum {
+    SRV_CANCEL_NONE = 0,
+    SRV_CANCEL_USER,
+    SRV_CANCEL_TIMEOUT,
+    SRV_CANCEL_SHUTDOWN
+} srv_cancel_reason;
 
 /* A response body shared by a stored job and the responses serving it (refcounted on the
  * loop thread: MHD frees responses there too). */
@@ -37,15 +48,15 @@ void srv_blob_unref(srv_blob *b);
 
 struct http_req;
 
-#define JOB_ID_MAX 72 /* node id (31) + '-' + 32 hex + NUL, rounded up */
+#define SRV_JOB_ID_MAX 72 /* node id (31) + '-' + 32 hex + NUL, rounded up */
 
-typedef struct job {
-    char id[JOB_ID_MAX];     /* "" for sync jobs */
+typedef struct srv_job {
+    char id[SRV_JOB_ID_MAX]; /* "" for sync jobs */
     int async;
     int owner;               /* token index of the creator, -1 without auth */
-    _Atomic int state;       /* job_state */
+    _Atomic int state;       /* srv_job_state */
     atomic_int cancel;       /* the core's cancel flag */
-    _Atomic int cancel_why;  /* cancel_reason */
+    _Atomic int cancel_why;  /* srv_cancel_reason */
     atomic_uint progress_ppm;/* progress in millionths, from the core's callback */
     uv_work_t work;
     void *srv;               /* struct server *, for the callbacks */
@@ -72,36 +83,36 @@ typedef struct job {
     uint64_t deadline;       /* ns, 0 = none */
     uint64_t expires;        /* ns, async: purge time once finished */
     struct http_req *req;    /* sync: the suspended request waiting for this job */
-    struct job *all_prev, *all_next;   /* every live job */
-    struct job *hash_next;             /* async table chain */
-} job;
+    struct srv_job *all_prev, *all_next; /* every live job */
+    struct srv_job *hash_next;           /* async table chain */
+} srv_job;
 
 typedef struct {
-    job **buckets;
+    srv_job **buckets;
     size_t nbuckets;
     size_t count;            /* async jobs in the table */
-    job *all;                /* every live job, sync and async */
+    srv_job *all;            /* every live job, sync and async */
     size_t live;
-} job_table;
+} srv_job_table;
 
 /* An empty table with nbuckets id chains; -1 on allocation failure. */
-int job_table_init(job_table *t, size_t nbuckets);
+int srv_job_table_init(srv_job_table *t, size_t nbuckets);
 /* Frees every job still held (none may be in flight). */
-void job_table_free(job_table *t);
+void srv_job_table_free(srv_job_table *t);
 
 /* A new job, linked into the all-jobs list (not into the id table). NULL on allocation
  * failure. */
-job *job_new(job_table *t);
+srv_job *srv_job_new(srv_job_table *t);
 /* Gives the job a fresh id (128 random bits from getrandom, hex; "NODE-" prefix when
  * node_id is set) and inserts it into the id table. -1 when no randomness is available. */
-int job_register(job_table *t, job *j, const char *node_id);
+int srv_job_register(srv_job_table *t, srv_job *j, const char *node_id);
 /* The async job with this id, or NULL. */
-job *job_find(const job_table *t, const char *id);
+srv_job *srv_job_find(const srv_job_table *t, const char *id);
 /* Unlinks from both lists and frees (body, output, result ref). Must not be in flight. */
-void job_destroy(job_table *t, job *j);
+void srv_job_destroy(srv_job_table *t, srv_job *j);
 
-const char *job_state_name(job_state s);
+const char *srv_job_state_name(srv_job_state s);
 /* True for done, failed, cancelled. */
-int job_state_terminal(job_state s);
+int srv_job_state_terminal(srv_job_state s);
 
 #endif

@@ -74,7 +74,7 @@ static int setup(server *srv, char **cert, char **key)
             srv->cost.exact_s_per_flop, srv->cost.approx_s_per_flop,
             srv->cfg.calibrate ? "calibrated" : "built-in");
     if (pool_init(&srv->pool, srv->cfg.cores, srv->cfg.memory_limit) != 0) return -1;
-    if (job_table_init(&srv->jobs, 4096) != 0) return -1;
+    if (srv_job_table_init(&srv->jobs, 4096) != 0) return -1;
     return 0;
 }
 
@@ -145,7 +145,7 @@ out_loop:
 out_early:
     srv_tls_free_pem(cert);
     srv_tls_free_pem(key);
-    job_table_free(&srv->jobs);
+    srv_job_table_free(&srv->jobs);
     if (srv->pool.cores) pool_destroy(&srv->pool);
     srv_auth_free(&srv->auth);
     free(srv);

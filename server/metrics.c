@@ -17,7 +17,7 @@ static const char *const route_labels[ROUTE_COUNT] = {
 };
 
 static const char *const method_labels[METHOD_LABELS] = {"exact", "approx", "auto"};
-static const char *const state_labels[JOB_OUTCOMES] = {"queued", "running", "done", "failed",
+static const char *const state_labels[SRV_JOB_OUTCOMES] = {"queued", "running", "done", "failed",
                                                        "cancelled"};
 
 const char *srv_route_label(srv_route r)
@@ -168,12 +168,12 @@ char *srv_metrics_render(const srv_metrics *m, const srv_gauges *g, size_t *len)
     add(&s, "altgrad_jobs_accepted_total %llu\n", (unsigned long long)m->jobs_accepted);
 
     head(&s, "jobs_finished_total", "counter", "Jobs (sync and async) by final state.");
-    for (int i = 2; i < JOB_OUTCOMES; i++)
+    for (int i = 2; i < SRV_JOB_OUTCOMES; i++)
         add(&s, "altgrad_jobs_finished_total{state=\"%s\"} %llu\n", state_labels[i],
             (unsigned long long)m->jobs_finished[i]);
 
     head(&s, "jobs", "gauge", "Jobs held now (sync in flight and async kept), by state.");
-    for (int i = 0; i < JOB_OUTCOMES; i++)
+    for (int i = 0; i < SRV_JOB_OUTCOMES; i++)
         add(&s, "altgrad_jobs{state=\"%s\"} %zu\n", state_labels[i], g->jobs_by_state[i]);
 
     head(&s, "rejected_total", "counter", "Compute requests refused before running, by reason.");

@@ -31,7 +31,7 @@ typedef struct {
 } srv_histogram;
 
 enum { METHOD_LABELS = 3 };   /* exact, approx, auto */
-enum { JOB_OUTCOMES = 5 };    /* queued..cancelled: indexed by job_state */
+enum { SRV_JOB_OUTCOMES = 5 }; /* queued..cancelled: indexed by srv_job_state */
 enum { STATUS_MAX = 600 };
 
 typedef struct {
@@ -41,7 +41,7 @@ typedef struct {
     srv_histogram compute[METHOD_LABELS];       /* decode + compute + encode on a worker */
     double compute_seconds[METHOD_LABELS];
     uint64_t jobs_accepted;                     /* sync and async jobs queued */
-    uint64_t jobs_finished[JOB_OUTCOMES];       /* terminal states, sync and async */
+    uint64_t jobs_finished[SRV_JOB_OUTCOMES];   /* terminal states, sync and async */
     uint64_t bytes_in, bytes_out;
     uint64_t rejected_queue_full, rejected_memory, rejected_too_large, rejected_draining;
 } srv_metrics;
@@ -49,7 +49,7 @@ typedef struct {
 /* Gauges read at render time. */
 typedef struct {
     size_t queue_depth, in_flight, running, connections, suspended;
-    size_t jobs_by_state[JOB_OUTCOMES];
+    size_t jobs_by_state[SRV_JOB_OUTCOMES];
     size_t memory_used, memory_limit;
     long free_cores;
     int workers, cores, draining;

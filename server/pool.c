@@ -130,7 +130,7 @@ size_t pool_mem_used(srv_pool *p)
 
 static void work_cb(uv_work_t *w)
 {
-    job *j = w->data;
+    srv_job *j = w->data;
     server *srv = j->srv;
     atomic_fetch_sub(&srv->pool.waiting, 1);
     atomic_fetch_add(&srv->pool.running, 1);
@@ -140,7 +140,7 @@ static void work_cb(uv_work_t *w)
 
 static void after_cb(uv_work_t *w, int status)
 {
-    job *j = w->data;
+    srv_job *j = w->data;
     server *srv = j->srv;
     if (status == UV_ECANCELED) {
         /* Never started: its waiting count and its body are still ours to release. */
@@ -152,7 +152,7 @@ static void after_cb(uv_work_t *w, int status)
     srv_job_finished(srv, j);
 }
 
-int pool_submit(server *srv, job *j)
+int pool_submit(server *srv, srv_job *j)
 {
     j->work.data = j;
     j->srv = srv;
@@ -167,7 +167,7 @@ int pool_submit(server *srv, job *j)
     return 0;
 }
 
-int pool_cancel_queued(job *j)
+int pool_cancel_queued(srv_job *j)
 {
     return uv_cancel((uv_req_t *)&j->work) == 0 ? 0 : -1;
 }

@@ -50,12 +50,12 @@ size_t pool_mem_used(srv_pool *p);
 long pool_free_cores(srv_pool *p);
 
 struct server;
-struct job;
+struct srv_job;
 /* Queues j on the thread pool (loop thread only). The worker runs compute_job; then, on the
  * loop thread, srv_job_finished(srv, j). Returns 0 or a libuv error. */
-int pool_submit(struct server *srv, struct job *j);
+int pool_submit(struct server *srv, struct srv_job *j);
 /* Tries to take a queued job off the pool (loop thread): 0 when it will not run (its
  * after-callback still comes, with the job cancelled), else it is already running. */
-int pool_cancel_queued(struct job *j);
+int pool_cancel_queued(struct srv_job *j);
 
 #endif

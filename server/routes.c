@@ -62,21 +62,21 @@ static void reply_draining(http_req *r)
 
 /* ---- job views ------------------------------------------------------------------------- */
 
-static json_t *job_view(const job *j)
+static json_t *job_view(const srv_job *j)
 {
-    job_state st = (job_state)atomic_load(&j->state);
-    double progress = st == JOB_DONE ? 1.0 : atomic_load(&j->progress_ppm) / 1e6;
-    char url[JOB_ID_MAX + 16];
+    srv_job_state st = (srv_job_state)atomic_load(&j->state);
+    double progress = st == SRV_JOB_DONE ? 1.0 : atomic_load(&j->progress_ppm) / 1e6;
+    char url[SRV_JOB_ID_MAX + 16];
     snprintf(url, sizeof url, "/v1/jobs/%s", j->id);
-    json_t *o = json_pack("{s:s, s:s, s:f, s:s}", "id", j->id, "state", job_state_name(st),
+    json_t *o = json_pack("{s:s, s:s, s:f, s:s}", "id", j->id, "state", srv_job_state_name(st),
                           "progress", progress, "status_url", url);
     if (!o) return NULL;
-    if (st == JOB_DONE) {
-        char rurl[JOB_ID_MAX + 24];
+    if (st == SRV_JOB_DONE) {
+        char rurl[SRV_JOB_ID_MAX + 24];
         snprintf(rurl, sizeof rurl, "/v1/jobs/%s/result", j->id);
         json_object_set_new(o, "result_url", json_string(rurl));
     }
-    if (st == JOB_FAILED) {
+    if (st == SRV_JOB_FAILED) {
         json_t *e = json_pack("{s:s, s:s, s:s, s:i}", "code", j->error.code, "message",
                               j->error.message, "field", j->error.field, "status",
                               j->error.http_status);
@@ -86,12 +86,12 @@ static json_t *job_view(const job *j)
 }
 
 /* Raises j's cancel flag; takes it off the queue when it has not started. */
-static void job_cancel(job *j, cancel_reason why)
+static void job_cancel(srv_job *j, srv_cancel_reason why)
 {
-    int none = CANCEL_NONE;
+    int none = SRV_CANCEL_NONE;
     atomic_compare_exchange_strong(&j->cancel_why, &none, (int)why);
     atomic_store(&j->cancel, 1);
-    if (j->in_flight && atomic_load(&j->state) != JOB_RUNNING) pool_cancel_queued(j);
+    if (j->in_flight && atomic_load(&j->state) != SRV_JOB_RUNNING) pool_cancel_queued(j);
 }
 
 /* ---- handlers -------------------------------------------------------------------------- */
@@ -152,9 +152,9 @@ static void handle_metrics(http_req *r)
     g.in_flight = srv->in_flight;
     g.connections = http_connections(srv);
     g.suspended = srv->suspended;
-    for (job *j = srv->jobs.all; j; j = j->all_next) {
+    for (srv_job *j = srv->jobs.all; j; j = j->all_next) {
         int st = atomic_load(&j->state);
-        if (st >= 0 && st < JOB_OUTCOMES) g.jobs_by_state[st]++;
+        if (st >= 0 && st < SRV_JOB_OUTCOMES) g.jobs_by_state[st]++;
     }
     g.memory_used = pool_mem_used(&srv->pool);
     g.memory_limit = srv->pool.mem_limit;
@@ -174,9 +174,9 @@ static void handle_metrics(http_req *r)
 }
 
 /* The job named in the path, visible to this request's token; else answers 404. */
-static job *visible_job(http_req *r)
+static srv_job *visible_job(http_req *r)
 {
-    job *j = job_find(&r->srv->jobs, r->job_id);
+    srv_job *j = srv_job_find(&r->srv->jobs, r->job_id);
     /* Another token's job is indistinguishable from a missing one. */
     if (j && r->srv->auth.count > 0 && j->owner != r->token) j = NULL;
     if (!j) http_reply_error(r, 404, "job_not_found", "id", "no job with this id");
@@ -185,19 +185,19 @@ static job *visible_job(http_req *r)
 
 static void handle_job_get(http_req *r)
 {
-    job *j = visible_job(r);
+    srv_job *j = visible_job(r);
     if (j) reply_json(r, 200, job_view(j));
 }
 
 static void handle_job_delete(http_req *r)
 {
-    job *j = visible_job(r);
+    srv_job *j = visible_job(r);
     if (!j) return;
     int st = atomic_load(&j->state);
     /* A finished job is left as it is; the cancel is a no-op (still 200, with its state). */
-    while (!job_state_terminal((job_state)st)) {
-        if (atomic_compare_exchange_weak(&j->state, &st, JOB_CANCELLED)) {
-            job_cancel(j, CANCEL_USER); /* its TTL starts when the worker lets go of it */
+    while (!srv_job_state_terminal((srv_job_state)st)) {
+        if (atomic_compare_exchange_weak(&j->state, &st, SRV_JOB_CANCELLED)) {
+            job_cancel(j, SRV_CANCEL_USER); /* its TTL starts when the worker lets go of it */
             break;
         }
     }
@@ -205,7 +205,7 @@ static void handle_job_delete(http_req *r)
 }
 
 /* How many cores the job's core ran on (the threads policy, visible to callers). */
-static void add_threads_header(http_req *r, const job *j)
+static void add_threads_header(http_req *r, const srv_job *j)
 {
     if (j->threads <= 0) return;
     char v[16];
@@ -215,19 +215,19 @@ static void add_threads_header(http_req *r, const job *j)
 
 static void handle_job_result(http_req *r)
 {
-    job *j = visible_job(r);
+    srv_job *j = visible_job(r);
     if (!j) return;
-    job_state st = (job_state)atomic_load(&j->state);
-    if (st == JOB_CANCELLED) {
+    srv_job_state st = (srv_job_state)atomic_load(&j->state);
+    if (st == SRV_JOB_CANCELLED) {
         http_reply_error(r, 409, "cancelled", "id", "the job was cancelled; it has no result");
-    } else if (st == JOB_DONE || st == JOB_FAILED) {
+    } else if (st == SRV_JOB_DONE || st == SRV_JOB_FAILED) {
         add_threads_header(r, j);
         if (j->result) http_reply_blob(r, j->http_status, JSON, j->result);
         else http_reply_error(r, 500, "out_of_memory", "", "the job's result was lost");
     } else {
         http_add_header(r, "Retry-After", "1");
         http_reply_error(r, 409, "not_ready", "id", "the job is %s; its result is not ready",
-                         job_state_name(st));
+                         srv_job_state_name(st));
     }
 }
 
@@ -393,7 +393,7 @@ static void complete_compute(http_req *r)
         reply_queue_full(r);
         return;
     }
-    job *j = job_new(&srv->jobs);
+    srv_job *j = srv_job_new(&srv->jobs);
     if (!j) {
         http_reply_error(r, 500, "out_of_memory", "", "out of memory for the job");
         return;
@@ -407,10 +407,10 @@ static void complete_compute(http_req *r)
     j->owner = r->token;
     j->t_created = uv_hrtime();
     j->deadline = srv->cfg.timeout_s > 0 ? j->t_created + ns_of(srv->cfg.timeout_s) : 0;
-    if (r->async && job_register(&srv->jobs, j, srv->cfg.node_id) != 0) {
+    if (r->async && srv_job_register(&srv->jobs, j, srv->cfg.node_id) != 0) {
         pool_mem_release(&srv->pool, j->body_reserved);
         j->body_reserved = 0;
-        job_destroy(&srv->jobs, j);
+        srv_job_destroy(&srv->jobs, j);
         http_reply_error(r, 500, "internal", "", "no randomness for a job id");
         return;
     }
@@ -423,13 +423,13 @@ static void complete_compute(http_req *r)
         r->job = NULL;
         pool_mem_release(&srv->pool, j->body_reserved);
         j->body_reserved = 0;
-        job_destroy(&srv->jobs, j);
+        srv_job_destroy(&srv->jobs, j);
         http_reply_error(r, 500, "internal", "", "cannot queue the job: %s", uv_strerror(rc));
         return;
     }
     srv->metrics.jobs_accepted++;
     if (r->async) {
-        char url[JOB_ID_MAX + 16];
+        char url[SRV_JOB_ID_MAX + 16];
         snprintf(url, sizeof url, "/v1/jobs/%s", j->id);
         http_add_header(r, MHD_HTTP_HEADER_LOCATION, url);
         reply_json(r, 202, json_pack("{s:s, s:s, s:s}", "id", j->id, "status_url", url,
@@ -481,7 +481,7 @@ static void match(http_req *r, const char *url)
     const char *id = url + 9;
     size_t n = 0;
     while (id[n] && id[n] != '/') n++;
-    if (n == 0 || n >= JOB_ID_MAX) return;
+    if (n == 0 || n >= SRV_JOB_ID_MAX) return;
     /* Job ids are [NODE-]<32 hex>, NODE of [A-Za-z0-9_-] (--node-id): "..", "%2e%2e" (which
      * libmicrohttpd has unescaped by now) and other path tricks are no id. */
     for (size_t i = 0; i < n; i++) {
@@ -578,15 +578,15 @@ static int method_label(int kind)
     return kind >= 0 && kind < METHOD_LABELS ? kind : -1;
 }
 
-void srv_job_finished(server *srv, job *j)
+void srv_job_finished(server *srv, srv_job *j)
 {
     uint64_t now = uv_hrtime();
     j->t_finished = now;
     int st = atomic_load(&j->state);
-    if (st != JOB_CANCELLED) {
-        if (j->http_status == 200) st = JOB_DONE;
-        else if (atomic_load(&j->cancel_why) == CANCEL_USER) st = JOB_CANCELLED;
-        else st = JOB_FAILED;
+    if (st != SRV_JOB_CANCELLED) {
+        if (j->http_status == 200) st = SRV_JOB_DONE;
+        else if (atomic_load(&j->cancel_why) == SRV_CANCEL_USER) st = SRV_JOB_CANCELLED;
+        else st = SRV_JOB_FAILED;
         atomic_store(&j->state, st);
     }
     if (!j->out) { /* the error body itself could not be allocated */
@@ -619,14 +619,14 @@ void srv_job_finished(server *srv, job *j)
         } else {
             http_reply_error(r, 500, "out_of_memory", "", "out of memory");
         }
-        job_destroy(&srv->jobs, j);
+        srv_job_destroy(&srv->jobs, j);
         return;
     }
     if (!j->async) { /* its request is gone (only at shutdown) */
-        job_destroy(&srv->jobs, j);
+        srv_job_destroy(&srv->jobs, j);
         return;
     }
-    if (st != JOB_CANCELLED && j->out) {
+    if (st != SRV_JOB_CANCELLED && j->out) {
         size_t len = j->out_len;
         j->result = srv_blob_new(j->out, len);
         j->out = NULL;
@@ -638,10 +638,10 @@ void srv_job_finished(server *srv, job *j)
     j->expires = now + ns_of(srv->cfg.job_ttl_s);
 }
 
-static void purge(server *srv, job *j)
+static void purge(server *srv, srv_job *j)
 {
     if (j->result) pool_mem_release(&srv->pool, j->result->len);
-    job_destroy(&srv->jobs, j);
+    srv_job_destroy(&srv->jobs, j);
 }
 
 /* ---- housekeeping ---------------------------------------------------------------------- */
@@ -667,9 +667,9 @@ static void drain_step(server *srv, uint64_t now)
     if (!srv->drain_cancelled && now >= srv->drain_deadline) {
         srv->drain_cancelled = 1;
         size_t n = 0;
-        for (job *j = srv->jobs.all; j; j = j->all_next) {
+        for (srv_job *j = srv->jobs.all; j; j = j->all_next) {
             if (j->in_flight) {
-                job_cancel(j, CANCEL_SHUTDOWN);
+                job_cancel(j, SRV_CANCEL_SHUTDOWN);
                 n++;
             }
         }
@@ -693,12 +693,12 @@ static void on_sweep(uv_timer_t *t)
 {
     server *srv = t->data;
     uint64_t now = uv_hrtime();
-    job *next;
-    for (job *j = srv->jobs.all; j; j = next) {
+    srv_job *next;
+    for (srv_job *j = srv->jobs.all; j; j = next) {
         next = j->all_next;
         if (j->in_flight) {
             if (j->deadline && now >= j->deadline && !atomic_load(&j->cancel)) {
-                job_cancel(j, CANCEL_TIMEOUT);
+                job_cancel(j, SRV_CANCEL_TIMEOUT);
             }
         } else if (j->async && j->expires && now >= j->expires) {
             purge(srv, j);

@@ -54,7 +54,7 @@ typedef struct server {
 
     srv_auth auth;
     srv_metrics metrics;
-    job_table jobs;
+    srv_job_table jobs;
     srv_pool pool;
     ag_proto_limits limits;
     ag_cost_model cost;      /* read-only after startup: shared by workers */
@@ -90,7 +90,7 @@ void http_sweep(server *srv, uint64_t now_ns);
 
 /* routes.c */
 /* Loop thread: a job's worker part is over (or it was cancelled before it started). */
-void srv_job_finished(server *srv, struct job *j);
+void srv_job_finished(server *srv, struct srv_job *j);
 /* Starts the sweep timer and the signal watchers. */
 int srv_housekeeping_start(server *srv);
 /* SIGTERM/SIGINT: begin draining. */

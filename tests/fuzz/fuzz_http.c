@@ -90,7 +90,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     S->limits.max_tokens = 256;
     S->cost = ag_cost_model_default();
     CHECK(pool_init(&S->pool, c->cores, c->memory_limit) == 0, "pool_init");
-    CHECK(job_table_init(&S->jobs, 64) == 0, "job_table_init");
+    CHECK(srv_job_table_init(&S->jobs, 64) == 0, "srv_job_table_init");
     CHECK(uv_loop_init(&loop) == 0, "uv_loop_init");
     S->loop = &loop;
     S->started_ns = uv_hrtime();
@@ -121,12 +121,12 @@ static int drain_client(int fd)
 /* Every async job is finished (the loop waited for in_flight == 0): drop them all. */
 static void purge_jobs(void)
 {
-    job *next;
-    for (job *j = S->jobs.all; j; j = next) {
+    srv_job *next;
+    for (srv_job *j = S->jobs.all; j; j = next) {
         next = j->all_next;
         CHECK(!j->in_flight, "a job still in flight after its purge wait");
         if (j->result) pool_mem_release(&S->pool, j->result->len);
-        job_destroy(&S->jobs, j);
+        srv_job_destroy(&S->jobs, j);
     }
 }
 
