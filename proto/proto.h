@@ -111,6 +111,12 @@ typedef struct {
 char *ag_response_encode(const ag_request *req, const ag_result *res,
                          const ag_verification *verification, const ag_timing *timing,
                          size_t *len);
+/* The same, timing itself: timing_ms.encode is the time this call took up to writing that
+ * number (CLOCK_MONOTONIC), also stored in timing->encode_ms; decode and compute are taken
+ * from timing (NULL: zeros). */
+char *ag_response_encode_timed(const ag_request *req, const ag_result *res,
+                               const ag_verification *verification, ag_timing *timing,
+                               size_t *len);
 
 /* A decoded response (client side). Everything is owned; free with ag_response_free. */
 typedef struct {

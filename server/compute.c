@@ -123,25 +123,6 @@ static int verification_fill(const ag_request *rq, const ag_result *res, const a
     return 0;
 }
 
-/* The encoder prints the timing it is given, so it cannot know its own duration: the body
- * ends with ',"encode":0}}' (timing_ms is its last member), and that number is replaced by
- * the measured one. Left as it is when the tail has another form. */
-static char *patch_encode_ms(char *body, size_t *len, double encode_ms)
-{
-    static const char tail[] = "\"encode\":0}}";
-    size_t tl = sizeof tail - 1;
-    if (*len < tl || memcmp(body + *len - tl, tail, tl) != 0) return body;
-    char num[40];
-    int n = snprintf(num, sizeof num, "%.6g}}", encode_ms);
-    if (n <= 0 || (size_t)n >= sizeof num) return body;
-    size_t keep = *len - 3; /* everything before "0}}" */
-    char *nb = realloc(body, keep + (size_t)n + 1);
-    if (!nb) return body;
-    memcpy(nb + keep, num, (size_t)n + 1);
-    *len = keep + (size_t)n;
-    return nb;
-}
-
 static int all_heads_exact(const ag_result *res)
 {
     if (!res->heads) return 0;
@@ -264,12 +245,10 @@ void compute_job(server *srv, srv_job *j)
     j->compute_s = seconds_since(t1);
 
     if (ok) {
-        uint64_t t2 = uv_hrtime();
         ag_timing timing = {j->decode_s * 1e3, j->compute_s * 1e3, 0.0};
         size_t len = 0;
-        char *body = ag_response_encode(&rq, &res, rq.verify ? &ver : NULL, &timing, &len);
-        j->encode_s = seconds_since(t2);
-        if (body) body = patch_encode_ms(body, &len, j->encode_s * 1e3);
+        char *body = ag_response_encode_timed(&rq, &res, rq.verify ? &ver : NULL, &timing, &len);
+        j->encode_s = timing.encode_ms / 1e3;
         if (!body) {
             compute_fail(j, 500, "out_of_memory", "out of memory while encoding the response");
         } else {
