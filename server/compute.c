@@ -53,8 +53,7 @@ static void release_body(server *srv, srv_job *j)
     free(j->body);
     j->body = NULL;
     j->body_len = 0;
-    pool_mem_release(&srv->pool, j->body_reserved);
-    j->body_reserved = 0;
+    srv_budget_release(&srv->budget, &j->body_charge);
 }
 
 void compute_job_skipped(server *srv, srv_job *j)
@@ -179,10 +178,12 @@ void compute_job(server *srv, srv_job *j)
     ag_method exact = ag_method_default(AG_METHOD_EXACT);
     size_t ws = ag_gradients_workspace_bytes(&rq.cfg, rq.batch, rq.n, &rq.method);
     if (rq.verify) ws = sat_add(ws, ag_gradients_workspace_bytes(&rq.cfg, rq.batch, rq.n, &exact));
-    int mrc = ws == SIZE_MAX ? -2 : pool_mem_wait(&srv->pool, ws, &j->cancel, j->deadline);
+    srv_charge workspace = {SRV_MEM_WORKSPACE, 0};
+    int mrc = ws == SIZE_MAX ? -2 : srv_budget_wait(&srv->budget, &workspace, SRV_MEM_WORKSPACE,
+                                                    ws, &j->cancel, j->deadline);
     if (mrc == -2) {
         compute_fail(j, 413, "too_large", "the job needs %zu bytes of workspace; this server "
-                     "allows %zu (--memory-limit)", ws, srv->pool.mem_limit);
+                     "allows %zu (--memory-limit)", ws, srv->budget.limit);
         ag_request_free(&rq);
         return;
     }
@@ -193,7 +194,6 @@ void compute_job(server *srv, srv_job *j)
         ag_request_free(&rq);
         return;
     }
-    j->workspace_bytes = ws;
 
     int threads = pool_cores_take(&srv->pool);
     j->threads = threads;
@@ -262,6 +262,5 @@ void compute_job(server *srv, srv_job *j)
     free(ver.layers);
     ag_result_free(&res);
     ag_request_free(&rq);
-    pool_mem_release(&srv->pool, j->workspace_bytes);
-    j->workspace_bytes = 0;
+    srv_budget_release(&srv->budget, &workspace);
 }

@@ -35,7 +35,7 @@ typedef struct http_req {
     int async;                /* POST /v1/jobs */
     char *body;
     size_t body_len, body_cap;
-    size_t body_reserved;     /* bytes of the memory budget body_cap holds */
+    srv_charge body_charge;   /* the memory budget body_cap holds */
     size_t content_length;    /* declared, or (size_t)-1 when chunked */
     size_t bytes_in;
     int reject_status;        /* set while uploading: answered once the body is in */

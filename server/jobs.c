@@ -31,12 +31,13 @@ void srv_blob_unref(srv_blob *b)
     free(b);
 }
 
-int srv_job_table_init(srv_job_table *t, size_t nbuckets)
+int srv_job_table_init(srv_job_table *t, size_t nbuckets, srv_budget *budget)
 {
     memset(t, 0, sizeof *t);
     t->buckets = calloc(nbuckets, sizeof *t->buckets);
     if (!t->buckets) return -1;
     t->nbuckets = nbuckets;
+    t->budget = budget;
     return 0;
 }
 
@@ -110,8 +111,10 @@ void srv_job_destroy(srv_job_table *t, srv_job *j)
     if (j->all_next) j->all_next->all_prev = j->all_prev;
     t->live--;
     free(j->body);
+    srv_budget_release(t->budget, &j->body_charge);
     free(j->out);
     srv_blob_unref(j->result);
+    srv_budget_release(t->budget, &j->result_charge);
     free(j);
 }
 

@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "../proto/proto.h"
+#include "budget.h"
 
 typedef enum {
     SRV_JOB_QUEUED = 0,
@@ -62,10 +63,10 @@ typedef struct srv_job {
     void *srv;               /* struct server *, for the callbacks */
     int in_flight;           /* submitted and its after-callback has not run yet */
 
-    /* Input, consumed (freed) by the worker. */
+    /* Input, consumed (freed, its charge released) by the worker. */
     char *body;
     size_t body_len;
-    size_t body_reserved;    /* bytes of the memory budget the body holds */
+    srv_charge body_charge;
 
     /* Output, filled by the worker. */
     int http_status;         /* 200 or the error's status */
@@ -73,12 +74,12 @@ typedef struct srv_job {
     size_t out_len;
     ag_proto_error error;    /* when http_status != 200 */
     int method_kind;         /* ag_method_kind of the request, -1 before decode */
-    size_t workspace_bytes;  /* reserved while running */
     int threads;             /* cores the core was given (0 when it did not run) */
     double decode_s, compute_s, encode_s;
 
     /* Loop-thread bookkeeping. */
     srv_blob *result;        /* stored body once finished (async) */
+    srv_charge result_charge;
     uint64_t t_created, t_started, t_finished; /* uv_hrtime() ns; t_started set by worker */
     uint64_t deadline;       /* ns, 0 = none */
     uint64_t expires;        /* ns, async: purge time once finished */
@@ -93,10 +94,12 @@ typedef struct {
     size_t count;            /* async jobs in the table */
     srv_job *all;            /* every live job, sync and async */
     size_t live;
+    srv_budget *budget;      /* where the jobs' charges are released */
 } srv_job_table;
 
-/* An empty table with nbuckets id chains; -1 on allocation failure. */
-int srv_job_table_init(srv_job_table *t, size_t nbuckets);
+/* An empty table with nbuckets id chains, whose jobs' charges belong to budget; -1 on
+ * allocation failure. */
+int srv_job_table_init(srv_job_table *t, size_t nbuckets, srv_budget *budget);
 /* Frees every job still held (none may be in flight). */
 void srv_job_table_free(srv_job_table *t);
 
@@ -108,7 +111,8 @@ srv_job *srv_job_new(srv_job_table *t);
 int srv_job_register(srv_job_table *t, srv_job *j, const char *node_id);
 /* The async job with this id, or NULL. */
 srv_job *srv_job_find(const srv_job_table *t, const char *id);
-/* Unlinks from both lists and frees (body, output, result ref). Must not be in flight. */
+/* Unlinks from both lists and frees (body, output, result ref), releasing what they are
+ * charged. Must not be in flight. */
 void srv_job_destroy(srv_job_table *t, srv_job *j);
 
 const char *srv_job_state_name(srv_job_state s);

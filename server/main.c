@@ -73,8 +73,9 @@ static int setup(server *srv, char **cert, char **key)
     srv_log("info", "cost model: exact %.3g s/flop, approx %.3g s/flop (%s)",
             srv->cost.exact_s_per_flop, srv->cost.approx_s_per_flop,
             srv->cfg.calibrate ? "calibrated" : "built-in");
-    if (pool_init(&srv->pool, srv->cfg.cores, srv->cfg.memory_limit) != 0) return -1;
-    if (srv_job_table_init(&srv->jobs, 4096) != 0) return -1;
+    if (pool_init(&srv->pool, srv->cfg.cores) != 0) return -1;
+    if (srv_budget_init(&srv->budget, srv->cfg.memory_limit) != 0) return -1;
+    if (srv_job_table_init(&srv->jobs, 4096, &srv->budget) != 0) return -1;
     return 0;
 }
 
@@ -147,6 +148,7 @@ out_early:
     srv_tls_free_pem(key);
     srv_job_table_free(&srv->jobs);
     if (srv->pool.cores) pool_destroy(&srv->pool);
+    if (srv->budget.limit) srv_budget_destroy(&srv->budget);
     srv_auth_free(&srv->auth);
     free(srv);
     return exit_code;

@@ -156,8 +156,8 @@ static void handle_metrics(http_req *r)
         int st = atomic_load(&j->state);
         if (st >= 0 && st < SRV_JOB_OUTCOMES) g.jobs_by_state[st]++;
     }
-    g.memory_used = pool_mem_used(&srv->pool);
-    g.memory_limit = srv->pool.mem_limit;
+    g.memory_used = srv_budget_used(&srv->budget);
+    g.memory_limit = srv->budget.limit;
     g.free_cores = pool_free_cores(&srv->pool);
     g.workers = srv->cfg.workers;
     g.cores = srv->cfg.cores;
@@ -288,16 +288,16 @@ static void begin_compute(http_req *r)
                          srv->cfg.max_jobs);
         return;
     }
-    if (r->content_length != (size_t)-1 && r->content_length > srv->pool.mem_limit) {
+    if (r->content_length != (size_t)-1 && r->content_length > srv->budget.limit) {
         srv->metrics.rejected_too_large++;
         http_reply_error(r, 413, "too_large", "", "the body has %zu bytes; this server's "
                          "memory budget is %zu (--memory-limit)", r->content_length,
-                         srv->pool.mem_limit);
+                         srv->budget.limit);
         return;
     }
     /* Only a check: the buffer (and its reservation) grows as bytes arrive, so a client that
      * declares a large body and sends nothing holds next to nothing. */
-    if (r->content_length != (size_t)-1 && !pool_mem_fits(&srv->pool, r->content_length)) {
+    if (r->content_length != (size_t)-1 && !srv_budget_fits(&srv->budget, r->content_length)) {
         srv->metrics.rejected_memory++;
         http_add_header(r, "Retry-After", "1");
         http_reply_error(r, 429, "server_busy", "", "the server's memory budget is in use "
@@ -316,8 +316,7 @@ static void reject_body(http_req *r, int status, const char *code, const char *m
     free(r->body);
     r->body = NULL;
     r->body_len = r->body_cap = 0;
-    pool_mem_release(&r->srv->pool, r->body_reserved);
-    r->body_reserved = 0;
+    srv_budget_release(&r->srv->budget, &r->body_charge);
 }
 
 int routes_body(http_req *r, const char *data, size_t len)
@@ -346,19 +345,18 @@ int routes_body(http_req *r, const char *data, size_t len)
         while (cap < need) cap = cap > top / 2 ? top : cap * 2;
         if (cap > top) cap = top;
         size_t more = cap - r->body_cap;
-        if (r->body_reserved + more > srv->pool.mem_limit) {
+        if (r->body_charge.bytes + more > srv->budget.limit) {
             srv->metrics.rejected_too_large++;
             reject_body(r, 413, "too_large", "the body is larger than this server's memory "
                         "budget (--memory-limit)");
             return 0;
         }
-        if (pool_mem_try(&srv->pool, more) != 0) {
+        if (srv_budget_try(&srv->budget, &r->body_charge, SRV_MEM_BODY, more) != 0) {
             srv->metrics.rejected_memory++;
             reject_body(r, 429, "server_busy", "the server's memory budget is in use "
                         "(--memory-limit); retry later");
             return 0;
         }
-        r->body_reserved += more;
         char *nb = realloc(r->body, cap + 1);
         if (!nb) {
             reject_body(r, 500, "out_of_memory", "out of memory for the body");
@@ -401,15 +399,14 @@ static void complete_compute(http_req *r)
     r->body[r->body_len] = 0;
     j->body = r->body;
     j->body_len = r->body_len;
-    j->body_reserved = r->body_reserved;
+    j->body_charge = r->body_charge;
     r->body = NULL;
-    r->body_len = r->body_cap = r->body_reserved = 0;
+    r->body_len = r->body_cap = 0;
+    r->body_charge.bytes = 0;
     j->owner = r->token;
     j->t_created = uv_hrtime();
     j->deadline = srv->cfg.timeout_s > 0 ? j->t_created + ns_of(srv->cfg.timeout_s) : 0;
     if (r->async && srv_job_register(&srv->jobs, j, srv->cfg.node_id) != 0) {
-        pool_mem_release(&srv->pool, j->body_reserved);
-        j->body_reserved = 0;
         srv_job_destroy(&srv->jobs, j);
         http_reply_error(r, 500, "internal", "", "no randomness for a job id");
         return;
@@ -421,8 +418,6 @@ static void complete_compute(http_req *r)
     int rc = pool_submit(srv, j);
     if (rc != 0) {
         r->job = NULL;
-        pool_mem_release(&srv->pool, j->body_reserved);
-        j->body_reserved = 0;
         srv_job_destroy(&srv->jobs, j);
         http_reply_error(r, 500, "internal", "", "cannot queue the job: %s", uv_strerror(rc));
         return;
@@ -568,7 +563,7 @@ void routes_end(http_req *r)
 {
     if (r->job) r->job->req = NULL; /* the job finishes without anyone to answer */
     free(r->body);
-    pool_mem_release(&r->srv->pool, r->body_reserved);
+    srv_budget_release(&r->srv->budget, &r->body_charge);
 }
 
 /* ---- the loop side of jobs ------------------------------------------------------------- */
@@ -630,7 +625,7 @@ void srv_job_finished(server *srv, srv_job *j)
         size_t len = j->out_len;
         j->result = srv_blob_new(j->out, len);
         j->out = NULL;
-        if (j->result) pool_mem_add(&srv->pool, len);
+        if (j->result) srv_budget_add(&srv->budget, &j->result_charge, SRV_MEM_RESULT, len);
     } else {
         free(j->out);
         j->out = NULL;
@@ -638,11 +633,6 @@ void srv_job_finished(server *srv, srv_job *j)
     j->expires = now + ns_of(srv->cfg.job_ttl_s);
 }
 
-static void purge(server *srv, srv_job *j)
-{
-    if (j->result) pool_mem_release(&srv->pool, j->result->len);
-    srv_job_destroy(&srv->jobs, j);
-}
 
 /* ---- housekeeping ---------------------------------------------------------------------- */
 
@@ -701,7 +691,7 @@ static void on_sweep(uv_timer_t *t)
                 job_cancel(j, SRV_CANCEL_TIMEOUT);
             }
         } else if (j->async && j->expires && now >= j->expires) {
-            purge(srv, j);
+            srv_job_destroy(&srv->jobs, j); /* and its stored result's charge */
         }
     }
     http_sweep(srv, now);

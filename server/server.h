@@ -3,7 +3,7 @@
  *   main.c     flags, process setup, signals          config.c  flags + env table, --help
  *   http.c     libmicrohttpd <-> libuv glue, request lifecycle, responses, suspend/resume
  *   routes.c   URL routing and the endpoint handlers  jobs.c    job table, ids, states
- *   pool.c     worker dispatch, core and memory budgets
+ *   pool.c     worker dispatch, core budget          budget.c  the memory budget
  *   compute.c  decode -> core -> verify -> encode on a worker
  *   auth.c     bearer tokens                          metrics.c Prometheus text
  *   log.c      access and error logs                  tls.c     certificate files
@@ -21,6 +21,7 @@
 #include "../core/altgrad.h"
 #include "../proto/proto.h"
 #include "auth.h"
+#include "budget.h"
 #include "config.h"
 #include "jobs.h"
 #include "metrics.h"
@@ -56,6 +57,7 @@ typedef struct server {
     srv_metrics metrics;
     srv_job_table jobs;
     srv_pool pool;
+    srv_budget budget;
     ag_proto_limits limits;
     ag_cost_model cost;      /* read-only after startup: shared by workers */
 

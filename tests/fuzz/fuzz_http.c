@@ -89,8 +89,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     S->limits.max_d_ff = 128;
     S->limits.max_tokens = 256;
     S->cost = ag_cost_model_default();
-    CHECK(pool_init(&S->pool, c->cores, c->memory_limit) == 0, "pool_init");
-    CHECK(srv_job_table_init(&S->jobs, 64) == 0, "srv_job_table_init");
+    CHECK(pool_init(&S->pool, c->cores) == 0, "pool_init");
+    CHECK(srv_budget_init(&S->budget, c->memory_limit) == 0, "srv_budget_init");
+    CHECK(srv_job_table_init(&S->jobs, 64, &S->budget) == 0, "srv_job_table_init");
     CHECK(uv_loop_init(&loop) == 0, "uv_loop_init");
     S->loop = &loop;
     S->started_ns = uv_hrtime();
@@ -125,7 +126,6 @@ static void purge_jobs(void)
     for (srv_job *j = S->jobs.all; j; j = next) {
         next = j->all_next;
         CHECK(!j->in_flight, "a job still in flight after its purge wait");
-        if (j->result) pool_mem_release(&S->pool, j->result->len);
         srv_job_destroy(&S->jobs, j);
     }
 }
@@ -181,7 +181,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     CHECK(S->suspended == 0, "%zu connections still counted as suspended", S->suspended);
     purge_jobs();
-    CHECK(pool_mem_used(&S->pool) == 0, "%zu bytes of the memory budget leaked",
-          pool_mem_used(&S->pool));
+    CHECK(srv_budget_used(&S->budget) == 0, "%zu bytes of the memory budget leaked (bodies %zu, "
+          "workspaces %zu, results %zu)", srv_budget_used(&S->budget),
+          srv_budget_used_by(&S->budget, SRV_MEM_BODY),
+          srv_budget_used_by(&S->budget, SRV_MEM_WORKSPACE),
+          srv_budget_used_by(&S->budget, SRV_MEM_RESULT));
     return 0;
 }
