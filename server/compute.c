@@ -195,7 +195,7 @@ void compute_job(server *srv, srv_job *j)
         return;
     }
 
-    int threads = pool_cores_take(&srv->pool);
+    int threads = srv_pool_cores_take(&srv->pool);
     j->threads = threads;
     progress_ctx pc = {j, 0.0, rq.verify ? 0.5 : 1.0};
     ag_run_opts opts = {
@@ -241,7 +241,7 @@ void compute_job(server *srv, srv_job *j)
         }
         ag_result_free(&ref);
     }
-    pool_cores_give(&srv->pool, threads);
+    srv_pool_cores_give(&srv->pool, threads);
     j->compute_s = seconds_since(t1);
 
     if (ok) {

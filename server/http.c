@@ -211,7 +211,7 @@ static int deliver(http_req *r, int status, const char *content_type,
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     for (int i = 0; i < r->n_extra; i++)
         MHD_add_response_header(resp, r->extra[i].name, r->extra[i].value);
-    if (r->srv->draining) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    if (r->srv->life.draining) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     r->status = status;
     r->bytes_out = len;
     r->responded = 1;
@@ -604,7 +604,6 @@ int http_start(server *srv, const char *tls_cert_pem, const char *tls_key_pem)
     srv->mhd_poll.data = srv;
     uv_timer_init(srv->loop, &srv->mhd_timer);
     srv->mhd_timer.data = srv;
-    srv->handles_open += 2;
     uv_poll_start(&srv->mhd_poll, UV_READABLE, on_mhd_io);
     http_pump(srv);
     return 0;
@@ -618,18 +617,12 @@ void http_quiesce(server *srv)
     http_pump(srv);
 }
 
-static void on_handle_closed(uv_handle_t *h)
-{
-    server *srv = h->data;
-    srv->handles_open--;
-}
-
 void http_stop(server *srv)
 {
     if (!srv->mhd) return;
     /* uv stops polling the epoll fd here, before MHD closes it. */
-    uv_close((uv_handle_t *)&srv->mhd_poll, on_handle_closed);
-    uv_close((uv_handle_t *)&srv->mhd_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&srv->mhd_poll, NULL);
+    uv_close((uv_handle_t *)&srv->mhd_timer, NULL);
     srv->stopped = 1;
     MHD_stop_daemon(srv->mhd);
     srv->mhd = NULL;

@@ -3,7 +3,7 @@
  * its after-callback runs (libuv orders the two).
  *
  * Lifetime: created by a route; freed by the loop thread when no worker holds it
- * (!in_flight) and, for an async job, once purged from the table (TTL, or shutdown); a sync
+ * (!work.in_flight) and, for an async job, once purged from the table (TTL, or shutdown); a sync
  * job is freed as soon as its response has been handed to its connection. */
 #ifndef ALTGRAD_SERVER_JOBS_H
 #define ALTGRAD_SERVER_JOBS_H
@@ -15,6 +15,7 @@
 
 #include "../proto/proto.h"
 #include "budget.h"
+#include "pool.h"
 
 typedef enum {
     SRV_JOB_QUEUED = 0,
@@ -59,9 +60,8 @@ typedef struct srv_job {
     atomic_int cancel;       /* the core's cancel flag */
     _Atomic int cancel_why;  /* srv_cancel_reason */
     atomic_uint progress_ppm;/* progress in millionths, from the core's callback */
-    uv_work_t work;
-    void *srv;               /* struct server *, for the callbacks */
-    int in_flight;           /* submitted and its after-callback has not run yet */
+    srv_pool_item work;      /* work.in_flight: submitted, its done function not yet run */
+    struct server *srv;      /* for the pool's callbacks */
 
     /* Input, consumed (freed, its charge released) by the worker. */
     char *body;

@@ -73,7 +73,6 @@ static int setup(server *srv, char **cert, char **key)
     srv_log("info", "cost model: exact %.3g s/flop, approx %.3g s/flop (%s)",
             srv->cost.exact_s_per_flop, srv->cost.approx_s_per_flop,
             srv->cfg.calibrate ? "calibrated" : "built-in");
-    if (pool_init(&srv->pool, srv->cfg.cores) != 0) return -1;
     if (srv_budget_init(&srv->budget, srv->cfg.memory_limit) != 0) return -1;
     if (srv_job_table_init(&srv->jobs, 4096, &srv->budget) != 0) return -1;
     return 0;
@@ -111,6 +110,7 @@ int main(int argc, char **argv)
     if (setup(srv, &cert, &key) != 0) goto out_early;
     if (uv_loop_init(&loop) != 0) goto out_early;
     srv->loop = &loop;
+    if (srv_pool_init(&srv->pool, &loop, srv->cfg.cores) != 0) goto out_loop;
     srv->started_ns = uv_hrtime();
     if (http_start(srv, cert, key) != 0) goto out_loop;
     srv_tls_free_pem(cert);
@@ -122,7 +122,7 @@ int main(int argc, char **argv)
         uv_run(&loop, UV_RUN_DEFAULT);
         goto out_loop;
     }
-    if (srv_housekeeping_start(srv) != 0) {
+    if (srv_lifecycle_start(srv) != 0) {
         srv_log("error", "cannot start timers and signal handlers");
         goto out_loop;
     }
@@ -134,7 +134,7 @@ int main(int argc, char **argv)
             srv->auth.count ? "on" : "off");
 
     uv_run(&loop, UV_RUN_DEFAULT);
-    exit_code = srv->exit_code;
+    exit_code = 0;
     srv_log("info", "stopped");
 
 out_loop:
@@ -147,7 +147,7 @@ out_early:
     srv_tls_free_pem(cert);
     srv_tls_free_pem(key);
     srv_job_table_free(&srv->jobs);
-    if (srv->pool.cores) pool_destroy(&srv->pool);
+    if (srv->pool.cores) srv_pool_destroy(&srv->pool);
     if (srv->budget.limit) srv_budget_destroy(&srv->budget);
     srv_auth_free(&srv->auth);
     free(srv);

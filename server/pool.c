@@ -1,27 +1,23 @@
-#include <errno.h>
-#include <time.h>
-#include <uv.h>
-
-#include "compute.h"
 #include "pool.h"
-#include "server.h"
 
-int pool_init(srv_pool *p, int cores)
+int srv_pool_init(srv_pool *p, uv_loop_t *loop, int cores)
 {
     if (pthread_mutex_init(&p->mu, NULL) != 0) return -1;
+    p->loop = loop;
     p->cores = cores;
     p->free_cores = cores;
     atomic_init(&p->waiting, 0);
     atomic_init(&p->running, 0);
+    p->in_flight = 0;
     return 0;
 }
 
-void pool_destroy(srv_pool *p)
+void srv_pool_destroy(srv_pool *p)
 {
     pthread_mutex_destroy(&p->mu);
 }
 
-int pool_cores_take(srv_pool *p)
+int srv_pool_cores_take(srv_pool *p)
 {
     pthread_mutex_lock(&p->mu);
     long take = p->free_cores > 1 ? p->free_cores : 1;
@@ -30,14 +26,14 @@ int pool_cores_take(srv_pool *p)
     return (int)take;
 }
 
-void pool_cores_give(srv_pool *p, int n)
+void srv_pool_cores_give(srv_pool *p, int n)
 {
     pthread_mutex_lock(&p->mu);
     p->free_cores += n;
     pthread_mutex_unlock(&p->mu);
 }
 
-long pool_free_cores(srv_pool *p)
+long srv_pool_free_cores(srv_pool *p)
 {
     pthread_mutex_lock(&p->mu);
     long f = p->free_cores;
@@ -45,46 +41,45 @@ long pool_free_cores(srv_pool *p)
     return f;
 }
 
-static void work_cb(uv_work_t *w)
+static void on_work(uv_work_t *w)
 {
-    srv_job *j = w->data;
-    server *srv = j->srv;
-    atomic_fetch_sub(&srv->pool.waiting, 1);
-    atomic_fetch_add(&srv->pool.running, 1);
-    compute_job(srv, j);
-    atomic_fetch_sub(&srv->pool.running, 1);
+    srv_pool_item *it = w->data;
+    srv_pool *p = it->pool;
+    atomic_fetch_sub(&p->waiting, 1);
+    atomic_fetch_add(&p->running, 1);
+    it->work(it);
+    atomic_fetch_sub(&p->running, 1);
 }
 
-static void after_cb(uv_work_t *w, int status)
+static void on_done(uv_work_t *w, int status)
 {
-    srv_job *j = w->data;
-    server *srv = j->srv;
-    if (status == UV_ECANCELED) {
-        /* Never started: its waiting count and its body are still ours to release. */
-        atomic_fetch_sub(&srv->pool.waiting, 1);
-        compute_job_skipped(srv, j);
-    }
-    j->in_flight = 0;
-    srv->in_flight--;
-    srv_job_finished(srv, j);
+    srv_pool_item *it = w->data;
+    srv_pool *p = it->pool;
+    int cancelled = status == UV_ECANCELED;
+    if (cancelled) atomic_fetch_sub(&p->waiting, 1); /* on_work never ran */
+    it->in_flight = 0;
+    p->in_flight--;
+    it->done(it, cancelled);
 }
 
-int pool_submit(server *srv, srv_job *j)
+int srv_pool_submit(srv_pool *p, srv_pool_item *it, srv_work_fn *work, srv_done_fn *done)
 {
-    j->work.data = j;
-    j->srv = srv;
-    atomic_fetch_add(&srv->pool.waiting, 1);
-    int rc = uv_queue_work(srv->loop, &j->work, work_cb, after_cb);
+    it->pool = p;
+    it->work = work;
+    it->done = done;
+    it->req.data = it;
+    atomic_fetch_add(&p->waiting, 1);
+    int rc = uv_queue_work(p->loop, &it->req, on_work, on_done);
     if (rc != 0) {
-        atomic_fetch_sub(&srv->pool.waiting, 1);
+        atomic_fetch_sub(&p->waiting, 1);
         return rc;
     }
-    j->in_flight = 1;
-    srv->in_flight++;
+    it->in_flight = 1;
+    p->in_flight++;
     return 0;
 }
 
-int pool_cancel_queued(srv_job *j)
+int srv_pool_cancel(srv_pool_item *it)
 {
-    return uv_cancel((uv_req_t *)&j->work) == 0 ? 0 : -1;
+    return uv_cancel((uv_req_t *)&it->req) == 0 ? 0 : -1;
 }

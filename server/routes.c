@@ -1,28 +1,15 @@
-/* Routing, the endpoint handlers of API.md, the loop side of jobs, and housekeeping
- * (deadlines, TTL purge, graceful drain). Loop thread only. */
+/* Routing and the endpoint handlers of docs/api.md. Loop thread only. */
 #include <cblas.h>
 #include <jansson.h>
-#include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include "compute.h"
 #include "http.h"
-#include "log.h"
-
-#define SWEEP_MS 100
-#define DRAIN_GRACE_NS (2ull * 1000000000ull)   /* for requests still uploading past the drain */
-#define DRAIN_HARD_NS (60ull * 1000000000ull)   /* for jobs that never reach a checkpoint */
+#include "jobrun.h"
 
 static const char JSON[] = "application/json";
-
-static uint64_t ns_of(double seconds)
-{
-    return seconds <= 0 ? 0 : (uint64_t)(seconds * 1e9);
-}
 
 /* ---- small JSON replies ---------------------------------------------------------------- */
 
@@ -37,18 +24,13 @@ static int reply_json(http_req *r, int status, json_t *obj)
 
 /* ---- capacity -------------------------------------------------------------------------- */
 
-static int at_capacity(server *srv)
-{
-    return srv->in_flight >= (size_t)srv->cfg.workers + (size_t)srv->cfg.queue;
-}
-
 static void reply_queue_full(http_req *r)
 {
     r->srv->metrics.rejected_queue_full++;
     http_add_header(r, "Retry-After", "1");
     http_reply_error(r, 429, "queue_full", "",
                      "the server has %d jobs running or queued, its limit (--workers %d + "
-                     "--queue %d); retry later", (int)r->srv->in_flight, r->srv->cfg.workers,
+                     "--queue %d); retry later", (int)r->srv->pool.in_flight, r->srv->cfg.workers,
                      r->srv->cfg.queue);
 }
 
@@ -83,15 +65,6 @@ static json_t *job_view(const srv_job *j)
         if (e) json_object_set_new(o, "error", e);
     }
     return o;
-}
-
-/* Raises j's cancel flag; takes it off the queue when it has not started. */
-static void job_cancel(srv_job *j, srv_cancel_reason why)
-{
-    int none = SRV_CANCEL_NONE;
-    atomic_compare_exchange_strong(&j->cancel_why, &none, (int)why);
-    atomic_store(&j->cancel, 1);
-    if (j->in_flight && atomic_load(&j->state) != SRV_JOB_RUNNING) pool_cancel_queued(j);
 }
 
 /* ---- handlers -------------------------------------------------------------------------- */
@@ -131,10 +104,10 @@ static void handle_info(http_req *r)
 static void handle_ready(http_req *r)
 {
     server *srv = r->srv;
-    if (srv->draining) {
+    if (srv->life.draining) {
         http_add_header(r, "Retry-After", "5");
         http_reply_error(r, 503, "draining", "", "the server is shutting down");
-    } else if (at_capacity(srv)) {
+    } else if (srv_jobs_at_capacity(srv)) {
         http_add_header(r, "Retry-After", "1");
         http_reply_error(r, 503, "queue_full", "", "the job queue is full");
     } else {
@@ -149,7 +122,7 @@ static void handle_metrics(http_req *r)
     memset(&g, 0, sizeof g);
     g.queue_depth = atomic_load(&srv->pool.waiting);
     g.running = atomic_load(&srv->pool.running);
-    g.in_flight = srv->in_flight;
+    g.in_flight = srv->pool.in_flight;
     g.connections = http_connections(srv);
     g.suspended = srv->suspended;
     for (srv_job *j = srv->jobs.all; j; j = j->all_next) {
@@ -158,10 +131,10 @@ static void handle_metrics(http_req *r)
     }
     g.memory_used = srv_budget_used(&srv->budget);
     g.memory_limit = srv->budget.limit;
-    g.free_cores = pool_free_cores(&srv->pool);
+    g.free_cores = srv_pool_free_cores(&srv->pool);
     g.workers = srv->cfg.workers;
     g.cores = srv->cfg.cores;
-    g.draining = srv->draining;
+    g.draining = srv->life.draining;
     g.uptime_s = (double)(uv_hrtime() - srv->started_ns) / 1e9;
     g.version = ALTGRAD_VERSION;
     size_t len = 0;
@@ -197,20 +170,11 @@ static void handle_job_delete(http_req *r)
     /* A finished job is left as it is; the cancel is a no-op (still 200, with its state). */
     while (!srv_job_state_terminal((srv_job_state)st)) {
         if (atomic_compare_exchange_weak(&j->state, &st, SRV_JOB_CANCELLED)) {
-            job_cancel(j, SRV_CANCEL_USER); /* its TTL starts when the worker lets go of it */
+            srv_job_cancel(j, SRV_CANCEL_USER); /* its TTL starts when the worker lets go of it */
             break;
         }
     }
     reply_json(r, 200, job_view(j));
-}
-
-/* How many cores the job's core ran on (the threads policy, visible to callers). */
-static void add_threads_header(http_req *r, const srv_job *j)
-{
-    if (j->threads <= 0) return;
-    char v[16];
-    snprintf(v, sizeof v, "%d", j->threads);
-    http_add_header(r, "X-Altgrad-Threads", v);
 }
 
 static void handle_job_result(http_req *r)
@@ -221,7 +185,7 @@ static void handle_job_result(http_req *r)
     if (st == SRV_JOB_CANCELLED) {
         http_reply_error(r, 409, "cancelled", "id", "the job was cancelled; it has no result");
     } else if (st == SRV_JOB_DONE || st == SRV_JOB_FAILED) {
-        add_threads_header(r, j);
+        srv_job_threads_header(r, j);
         if (j->result) http_reply_blob(r, j->http_status, JSON, j->result);
         else http_reply_error(r, 500, "out_of_memory", "", "the job's result was lost");
     } else {
@@ -272,11 +236,11 @@ static void begin_compute(http_req *r)
         }
         r->content_length = (size_t)v;
     }
-    if (srv->draining) {
+    if (srv->life.draining) {
         reply_draining(r);
         return;
     }
-    if (at_capacity(srv)) {
+    if (srv_jobs_at_capacity(srv)) {
         reply_queue_full(r);
         return;
     }
@@ -383,11 +347,11 @@ static void complete_compute(http_req *r)
         return;
     }
     /* The state may have changed while the body was arriving. */
-    if (srv->draining) {
+    if (srv->life.draining) {
         reply_draining(r);
         return;
     }
-    if (at_capacity(srv)) {
+    if (srv_jobs_at_capacity(srv)) {
         reply_queue_full(r);
         return;
     }
@@ -405,7 +369,7 @@ static void complete_compute(http_req *r)
     r->body_charge.bytes = 0;
     j->owner = r->token;
     j->t_created = uv_hrtime();
-    j->deadline = srv->cfg.timeout_s > 0 ? j->t_created + ns_of(srv->cfg.timeout_s) : 0;
+    j->deadline = srv->cfg.timeout_s > 0 ? j->t_created + srv_ns(srv->cfg.timeout_s) : 0;
     if (r->async && srv_job_register(&srv->jobs, j, srv->cfg.node_id) != 0) {
         srv_job_destroy(&srv->jobs, j);
         http_reply_error(r, 500, "internal", "", "no randomness for a job id");
@@ -415,7 +379,7 @@ static void complete_compute(http_req *r)
         j->req = r;
         r->job = j;
     }
-    int rc = pool_submit(srv, j);
+    int rc = srv_job_submit(srv, j);
     if (rc != 0) {
         r->job = NULL;
         srv_job_destroy(&srv->jobs, j);
@@ -564,175 +528,4 @@ void routes_end(http_req *r)
     if (r->job) r->job->req = NULL; /* the job finishes without anyone to answer */
     free(r->body);
     srv_budget_release(&r->srv->budget, &r->body_charge);
-}
-
-/* ---- the loop side of jobs ------------------------------------------------------------- */
-
-static int method_label(int kind)
-{
-    return kind >= 0 && kind < METHOD_LABELS ? kind : -1;
-}
-
-void srv_job_finished(server *srv, srv_job *j)
-{
-    uint64_t now = uv_hrtime();
-    j->t_finished = now;
-    int st = atomic_load(&j->state);
-    if (st != SRV_JOB_CANCELLED) {
-        if (j->http_status == 200) st = SRV_JOB_DONE;
-        else if (atomic_load(&j->cancel_why) == SRV_CANCEL_USER) st = SRV_JOB_CANCELLED;
-        else st = SRV_JOB_FAILED;
-        atomic_store(&j->state, st);
-    }
-    if (!j->out) { /* the error body itself could not be allocated */
-        j->http_status = 500;
-        snprintf(j->error.code, sizeof j->error.code, "out_of_memory");
-        snprintf(j->error.message, sizeof j->error.message, "out of memory");
-        j->error.http_status = 500;
-    }
-
-    srv_metrics *m = &srv->metrics;
-    if (j->t_started) {
-        srv_histogram_observe(&m->queue_wait, (double)(j->t_started - j->t_created) / 1e9);
-        int ml = method_label(j->method_kind);
-        if (ml >= 0) {
-            double busy = j->decode_s + j->compute_s + j->encode_s;
-            srv_histogram_observe(&m->compute[ml], busy);
-            m->compute_seconds[ml] += j->compute_s;
-        }
-    }
-    m->jobs_finished[st]++;
-
-    if (j->req) {
-        http_req *r = j->req;
-        r->job = NULL;
-        j->req = NULL;
-        add_threads_header(r, j);
-        if (j->out) {
-            http_reply(r, j->http_status, JSON, j->out, j->out_len, 1);
-            j->out = NULL;
-        } else {
-            http_reply_error(r, 500, "out_of_memory", "", "out of memory");
-        }
-        srv_job_destroy(&srv->jobs, j);
-        return;
-    }
-    if (!j->async) { /* its request is gone (only at shutdown) */
-        srv_job_destroy(&srv->jobs, j);
-        return;
-    }
-    if (st != SRV_JOB_CANCELLED && j->out) {
-        size_t len = j->out_len;
-        j->result = srv_blob_new(j->out, len);
-        j->out = NULL;
-        if (j->result) srv_budget_add(&srv->budget, &j->result_charge, SRV_MEM_RESULT, len);
-    } else {
-        free(j->out);
-        j->out = NULL;
-    }
-    j->expires = now + ns_of(srv->cfg.job_ttl_s);
-}
-
-
-/* ---- housekeeping ---------------------------------------------------------------------- */
-
-static void on_closed(uv_handle_t *h)
-{
-    server *srv = h->data;
-    srv->handles_open--;
-}
-
-static void shutdown_now(server *srv)
-{
-    srv_log("info", "drained: stopping (%zu async jobs dropped from memory)", srv->jobs.count);
-    uv_timer_stop(&srv->sweep_timer);
-    uv_close((uv_handle_t *)&srv->sweep_timer, on_closed);
-    uv_close((uv_handle_t *)&srv->sig_term, on_closed);
-    uv_close((uv_handle_t *)&srv->sig_int, on_closed);
-    http_stop(srv);
-}
-
-static void drain_step(server *srv, uint64_t now)
-{
-    if (!srv->drain_cancelled && now >= srv->drain_deadline) {
-        srv->drain_cancelled = 1;
-        size_t n = 0;
-        for (srv_job *j = srv->jobs.all; j; j = j->all_next) {
-            if (j->in_flight) {
-                job_cancel(j, SRV_CANCEL_SHUTDOWN);
-                n++;
-            }
-        }
-        if (n) srv_log("warn", "drain timeout (%g s): cancelled %zu jobs", srv->cfg.drain_timeout_s,
-                       n);
-    }
-    if (srv->in_flight == 0 && srv->suspended == 0 &&
-        (srv->active_requests == 0 ||
-         (srv->drain_cancelled && now >= srv->drain_deadline + DRAIN_GRACE_NS))) {
-        shutdown_now(srv);
-        return;
-    }
-    if (now >= srv->drain_deadline + DRAIN_HARD_NS) {
-        srv_log("error", "%zu jobs ignored cancellation for %llu s; exiting without cleanup",
-                srv->in_flight, DRAIN_HARD_NS / 1000000000ull);
-        _exit(1);
-    }
-}
-
-static void on_sweep(uv_timer_t *t)
-{
-    server *srv = t->data;
-    uint64_t now = uv_hrtime();
-    srv_job *next;
-    for (srv_job *j = srv->jobs.all; j; j = next) {
-        next = j->all_next;
-        if (j->in_flight) {
-            if (j->deadline && now >= j->deadline && !atomic_load(&j->cancel)) {
-                job_cancel(j, SRV_CANCEL_TIMEOUT);
-            }
-        } else if (j->async && j->expires && now >= j->expires) {
-            srv_job_destroy(&srv->jobs, j); /* and its stored result's charge */
-        }
-    }
-    http_sweep(srv, now);
-    if (srv->draining) drain_step(srv, now);
-}
-
-void srv_begin_drain(server *srv)
-{
-    uint64_t now = uv_hrtime();
-    if (srv->draining) {
-        srv_log("warn", "second signal: cancelling in-flight work now");
-        srv->drain_deadline = now;
-        return;
-    }
-    srv->draining = 1;
-    srv->drain_deadline = now + ns_of(srv->cfg.drain_timeout_s);
-    srv_log("info", "draining: %zu jobs in flight, %zu requests open; up to %g s",
-            srv->in_flight, srv->active_requests, srv->cfg.drain_timeout_s);
-    http_quiesce(srv);
-    drain_step(srv, now);
-}
-
-static void on_signal(uv_signal_t *s, int signum)
-{
-    server *srv = s->data;
-    srv_log("info", "signal %d", signum);
-    srv_begin_drain(srv);
-}
-
-int srv_housekeeping_start(server *srv)
-{
-    uv_timer_init(srv->loop, &srv->sweep_timer);
-    srv->sweep_timer.data = srv;
-    uv_signal_init(srv->loop, &srv->sig_term);
-    srv->sig_term.data = srv;
-    uv_signal_init(srv->loop, &srv->sig_int);
-    srv->sig_int.data = srv;
-    srv->handles_open += 3;
-    if (uv_timer_start(&srv->sweep_timer, on_sweep, SWEEP_MS, SWEEP_MS) != 0 ||
-        uv_signal_start(&srv->sig_term, on_signal, SIGTERM) != 0 ||
-        uv_signal_start(&srv->sig_int, on_signal, SIGINT) != 0)
-        return -1;
-    return 0;
 }

@@ -24,6 +24,7 @@
 #include "budget.h"
 #include "config.h"
 #include "jobs.h"
+#include "lifecycle.h"
 #include "metrics.h"
 #include "pool.h"
 
@@ -40,18 +41,12 @@ typedef struct server {
     struct http_conn *conns; /* every open connection, for the header deadline (http.c) */
     int in_mhd_run;          /* guard: MHD_run is never re-entered */
     int mhd_run_again;       /* a resume or a closed connection inside an MHD callback */
-    int handles_open;        /* uv handles not yet closed */
     unsigned short port;
     int tls;
 
-    /* Housekeeping: deadlines, TTL purge, drain progress (routes.c). */
-    uv_timer_t sweep_timer;
-    uv_signal_t sig_term, sig_int;
-    int draining;            /* SIGTERM/SIGINT seen: no new work */
-    int drain_cancelled;     /* the drain deadline passed and in-flight jobs were cancelled */
-    uint64_t drain_deadline; /* ns */
     int stopped;             /* MHD stopped, handles closing */
-    int exit_code;
+
+    srv_lifecycle life;      /* sweep timer, signals, drain (lifecycle.c) */
 
     srv_auth auth;
     srv_metrics metrics;
@@ -66,7 +61,6 @@ typedef struct server {
     unsigned fault_alloc_every;
     atomic_uint fault_alloc_seq; /* jobs that reached the core (workers) */
 
-    size_t in_flight;        /* jobs submitted whose after-callback has not run */
     size_t active_requests;  /* requests between their first callback and completion */
     size_t suspended;        /* connections suspended on a job */
     uint64_t started_ns;
@@ -90,12 +84,10 @@ size_t http_connections(server *srv);
  * keep libmicrohttpd's idle timeout from firing). Called by the sweep timer. */
 void http_sweep(server *srv, uint64_t now_ns);
 
-/* routes.c */
-/* Loop thread: a job's worker part is over (or it was cancelled before it started). */
-void srv_job_finished(server *srv, struct srv_job *j);
-/* Starts the sweep timer and the signal watchers. */
-int srv_housekeeping_start(server *srv);
-/* SIGTERM/SIGINT: begin draining. */
-void srv_begin_drain(server *srv);
+/* Seconds (a flag's value) as uv_hrtime nanoseconds; 0 for 0 or less. */
+static inline uint64_t srv_ns(double seconds)
+{
+    return seconds <= 0 ? 0 : (uint64_t)(seconds * 1e9);
+}
 
 #endif

@@ -89,11 +89,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     S->limits.max_d_ff = 128;
     S->limits.max_tokens = 256;
     S->cost = ag_cost_model_default();
-    CHECK(pool_init(&S->pool, c->cores) == 0, "pool_init");
     CHECK(srv_budget_init(&S->budget, c->memory_limit) == 0, "srv_budget_init");
     CHECK(srv_job_table_init(&S->jobs, 64, &S->budget) == 0, "srv_job_table_init");
     CHECK(uv_loop_init(&loop) == 0, "uv_loop_init");
     S->loop = &loop;
+    CHECK(srv_pool_init(&S->pool, &loop, c->cores) == 0, "srv_pool_init");
     S->started_ns = uv_hrtime();
     CHECK(http_start(S, NULL, NULL) == 0, "http_start");
     return 0;
@@ -125,7 +125,7 @@ static void purge_jobs(void)
     srv_job *next;
     for (srv_job *j = S->jobs.all; j; j = next) {
         next = j->all_next;
-        CHECK(!j->in_flight, "a job still in flight after its purge wait");
+        CHECK(!j->work.in_flight, "a job still in flight after its purge wait");
         srv_job_destroy(&S->jobs, j);
     }
 }
@@ -172,12 +172,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     close(sv[1]);
 
     /* Until the connection is gone from MHD and every job this input started is done. */
-    while (http_connections(S) > 0 || S->in_flight > 0 || S->active_requests > 0) {
+    while (http_connections(S) > 0 || S->pool.in_flight > 0 || S->active_requests > 0) {
         run_loop_once();
         CHECK(now_s() - t0 < HANG_S,
               "%g s after the client left: %zu connections, %zu jobs in flight, %zu requests",
-              HANG_S, http_connections(S), S->in_flight, S->active_requests);
-        if (S->in_flight > 0) usleep(200);
+              HANG_S, http_connections(S), S->pool.in_flight, S->active_requests);
+        if (S->pool.in_flight > 0) usleep(200);
     }
     CHECK(S->suspended == 0, "%zu connections still counted as suspended", S->suspended);
     purge_jobs();
