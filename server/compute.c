@@ -1,5 +1,4 @@
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +8,7 @@
 #include "jobs.h"
 #include "server.h"
 
+/* Sets j's error and renders its body (none when even that cannot be allocated). */
 static void set_error(srv_job *j, const ag_proto_error *e)
 {
     j->error = *e;
@@ -18,33 +18,18 @@ static void set_error(srv_job *j, const ag_proto_error *e)
     if (!j->out) j->out_len = 0;
 }
 
-void compute_fail(srv_job *j, int status, const char *code, const char *fmt, ...)
-{
-    ag_proto_error e;
-    memset(&e, 0, sizeof e);
-    e.http_status = status;
-    snprintf(e.code, sizeof e.code, "%s", code);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e.message, sizeof e.message, fmt, ap);
-    va_end(ap);
-    set_error(j, &e);
-}
-
-void compute_fail_cancelled(server *srv, srv_job *j)
+/* The error matching j's cancel reason (timeout 504, shutdown 503, user 409); returns -1. */
+static int cancelled_error(server *srv, const srv_job *j, ag_proto_error *e)
 {
     switch ((srv_cancel_reason)atomic_load(&j->cancel_why)) {
     case SRV_CANCEL_TIMEOUT:
-        compute_fail(j, 504, "timeout", "the job did not finish within the server's timeout "
-                     "of %g s (--timeout)", srv->cfg.timeout_s);
-        break;
+        return ag_proto_fail(e, 504, "timeout", "", "the job did not finish within the server's "
+                             "timeout of %g s (--timeout)", srv->cfg.timeout_s);
     case SRV_CANCEL_SHUTDOWN:
-        compute_fail(j, 503, "shutting_down", "the server is shutting down; retry on another "
-                     "instance");
-        break;
+        return ag_proto_fail(e, 503, "shutting_down", "", "the server is shutting down; retry on "
+                             "another instance");
     default:
-        compute_fail(j, 409, "cancelled", "the job was cancelled");
-        break;
+        return ag_proto_fail(e, 409, "cancelled", "", "the job was cancelled");
     }
 }
 
@@ -59,7 +44,9 @@ static void release_body(server *srv, srv_job *j)
 void compute_job_skipped(server *srv, srv_job *j)
 {
     release_body(srv, j);
-    compute_fail_cancelled(srv, j);
+    ag_proto_error e;
+    cancelled_error(srv, j, &e);
+    set_error(j, &e);
 }
 
 /* Progress of a job whose core may run twice (verify): each run covers [base, base+span]. */
@@ -91,16 +78,11 @@ static size_t sat_add(size_t a, size_t b)
     return a > SIZE_MAX - b ? SIZE_MAX : a + b;
 }
 
-static int fail_core(server *srv, srv_job *j, const ag_error *err)
+/* The API error for a failed core run; returns -1. */
+static int core_error(server *srv, const srv_job *j, const ag_error *err, ag_proto_error *e)
 {
-    if (err->status == AG_ERR_CANCELLED) {
-        compute_fail_cancelled(srv, j);
-        return -1;
-    }
-    ag_proto_error pe;
-    memset(&pe, 0, sizeof pe);
-    ag_proto_from_core(err, &pe);
-    set_error(j, &pe);
+    if (err->status == AG_ERR_CANCELLED) return cancelled_error(srv, j, e);
+    ag_proto_from_core(err, e);
     return -1;
 }
 
@@ -149,29 +131,114 @@ static int fault_alloc_now(server *srv)
     return k % srv->fault_alloc_every == 0;
 }
 
-void compute_job(server *srv, srv_job *j)
+/* The exact run that measures the errors of res (verify): fills ver. 0, or -1 with e. */
+static int verify(server *srv, const srv_job *j, const ag_request *rq, ag_run_opts *opts,
+                  progress_ctx *pc, const ag_result *res, ag_verification *ver,
+                  ag_proto_error *e)
+{
+    if (all_heads_exact(res)) {
+        /* Nothing was approximated: the exact run would repeat this one bit for bit (the core
+         * is deterministic whatever its thread count), so its errors are zero. */
+        if (verification_zero(rq, ver) != 0)
+            return ag_proto_fail(e, 500, "out_of_memory", "", "out of memory for the "
+                                 "verification");
+        return 0;
+    }
+    ag_method exact = ag_method_default(AG_METHOD_EXACT);
+    pc->base = 0.5;
+    opts->want_output = 0;
+    ag_result ref;
+    memset(&ref, 0, sizeof ref);
+    ag_error err;
+    memset(&err, 0, sizeof err);
+    int rc = 0;
+    if (ag_gradients(&rq->cfg, rq->layers, rq->input, rq->batch, rq->n, &rq->loss, &exact, opts,
+                     &ref, &err) != AG_OK)
+        rc = core_error(srv, j, &err, e);
+    else if (verification_fill(rq, res, &ref, ver) != 0)
+        rc = ag_proto_fail(e, 500, "out_of_memory", "", "out of memory for the verification");
+    ag_result_free(&ref);
+    return rc;
+}
+
+/* The response body of a successful run, with its timings, as j's output: 0, or -1 with e. */
+static int encode(srv_job *j, const ag_request *rq, const ag_result *res,
+                  const ag_verification *ver, ag_proto_error *e)
+{
+    ag_timing timing = {j->decode_s * 1e3, j->compute_s * 1e3, 0.0};
+    size_t len = 0;
+    char *body = ag_response_encode_timed(rq, res, ver, &timing, &len);
+    j->encode_s = timing.encode_ms / 1e3;
+    if (!body)
+        return ag_proto_fail(e, 500, "out_of_memory", "", "out of memory while encoding the "
+                             "response");
+    free(j->out);
+    j->out = body;
+    j->out_len = len;
+    j->http_status = 200;
+    atomic_store(&j->progress_ppm, 1000000u);
+    return 0;
+}
+
+/* The core on the free cores (twice for verify), then the encoding: 0, or -1 with e. */
+static int compute(server *srv, srv_job *j, const ag_request *rq, ag_proto_error *e)
+{
+    int threads = srv_pool_cores_take(&srv->pool);
+    j->threads = threads;
+    progress_ctx pc = {j, 0.0, rq->verify ? 0.5 : 1.0};
+    ag_run_opts opts = {
+        .threads = threads,
+        .cancel = &j->cancel,
+        .progress = on_progress,
+        .progress_ctx = &pc,
+        .cost = &srv->cost,
+        .rank_ceiling = 0,
+        .want_output = (rq->return_mask & AG_RETURN_OUTPUT) != 0,
+    };
+    uint64_t t1 = uv_hrtime();
+    ag_result res;
+    memset(&res, 0, sizeof res);
+    ag_error err;
+    memset(&err, 0, sizeof err);
+    ag_verification ver = {0, NULL};
+    int rc = 0;
+    if (fault_alloc_now(srv)) {
+        ag_error_set(&err, AG_ERR_NOMEM, "", "out of memory for the job's workspace (injected "
+                     "by ALTGRAD_FAULT_ALLOC_FAIL)");
+        rc = core_error(srv, j, &err, e);
+    } else if (ag_gradients(&rq->cfg, rq->layers, rq->input, rq->batch, rq->n, &rq->loss,
+                            &rq->method, &opts, &res, &err) != AG_OK) {
+        rc = core_error(srv, j, &err, e);
+    }
+    if (rc == 0 && rq->verify) rc = verify(srv, j, rq, &opts, &pc, &res, &ver, e);
+    srv_pool_cores_give(&srv->pool, threads);
+    j->compute_s = seconds_since(t1);
+    if (rc == 0) rc = encode(j, rq, &res, rq->verify ? &ver : NULL, e);
+    free(ver.layers);
+    ag_result_free(&res);
+    return rc;
+}
+
+/* The whole worker side: 0 with j's response body in j->out, or -1 with e. */
+static int run(server *srv, srv_job *j, ag_proto_error *e)
 {
     j->t_started = uv_hrtime();
     int expected = SRV_JOB_QUEUED;
     if (!atomic_compare_exchange_strong(&j->state, &expected, SRV_JOB_RUNNING) ||
         atomic_load(&j->cancel)) {
         release_body(srv, j);
-        compute_fail_cancelled(srv, j);
-        return;
+        return cancelled_error(srv, j, e);
     }
 
     /* Decode here, not on the loop: a large JSON body takes seconds. */
     uint64_t t0 = uv_hrtime();
     ag_request rq;
-    ag_proto_error pe;
-    memset(&pe, 0, sizeof pe);
-    int drc = ag_request_decode(j->body, j->body_len, &srv->limits, &rq, &pe);
+    int drc = ag_request_decode(j->body, j->body_len, &srv->limits, &rq, e);
     release_body(srv, j);
     j->decode_s = seconds_since(t0);
     if (drc != 0) {
-        if (pe.http_status < 400 || pe.http_status > 599) pe.http_status = 400;
-        set_error(j, &pe);
-        return;
+        if (e->http_status < 400 || e->http_status > 599) e->http_status = 400;
+        return -1;
     }
     j->method_kind = (int)rq.method.kind;
 
@@ -181,86 +248,25 @@ void compute_job(server *srv, srv_job *j)
     srv_charge workspace = {SRV_MEM_WORKSPACE, 0};
     int mrc = ws == SIZE_MAX ? -2 : srv_budget_wait(&srv->budget, &workspace, SRV_MEM_WORKSPACE,
                                                     ws, &j->cancel, j->deadline);
+    int rc;
     if (mrc == -2) {
-        compute_fail(j, 413, "too_large", "the job needs %zu bytes of workspace; this server "
-                     "allows %zu (--memory-limit)", ws, srv->budget.limit);
-        ag_request_free(&rq);
-        return;
-    }
-    if (mrc != 0) {
-        if (atomic_load(&j->cancel_why) == SRV_CANCEL_NONE)
-            atomic_store(&j->cancel_why, SRV_CANCEL_TIMEOUT); /* the deadline passed waiting */
-        compute_fail_cancelled(srv, j);
-        ag_request_free(&rq);
-        return;
-    }
-
-    int threads = srv_pool_cores_take(&srv->pool);
-    j->threads = threads;
-    progress_ctx pc = {j, 0.0, rq.verify ? 0.5 : 1.0};
-    ag_run_opts opts = {
-        .threads = threads,
-        .cancel = &j->cancel,
-        .progress = on_progress,
-        .progress_ctx = &pc,
-        .cost = &srv->cost,
-        .rank_ceiling = 0,
-        .want_output = (rq.return_mask & AG_RETURN_OUTPUT) != 0,
-    };
-    uint64_t t1 = uv_hrtime();
-    ag_result res, ref;
-    memset(&res, 0, sizeof res);
-    memset(&ref, 0, sizeof ref);
-    ag_error err;
-    memset(&err, 0, sizeof err);
-    ag_verification ver = {0, NULL};
-    int ok;
-    if (fault_alloc_now(srv)) {
-        ag_error_set(&err, AG_ERR_NOMEM, "", "out of memory for the job's workspace (injected "
-                     "by ALTGRAD_FAULT_ALLOC_FAIL)");
-        ok = 0;
+        rc = ag_proto_fail(e, 413, "too_large", "", "the job needs %zu bytes of workspace; this "
+                           "server allows %zu (--memory-limit)", ws, srv->budget.limit);
+    } else if (mrc != 0) {
+        int none = SRV_CANCEL_NONE; /* unless cancelled, the deadline passed while waiting */
+        atomic_compare_exchange_strong(&j->cancel_why, &none, SRV_CANCEL_TIMEOUT);
+        rc = cancelled_error(srv, j, e);
     } else {
-        ok = ag_gradients(&rq.cfg, rq.layers, rq.input, rq.batch, rq.n, &rq.loss, &rq.method,
-                          &opts, &res, &err) == AG_OK;
+        rc = compute(srv, j, &rq, e);
     }
-    if (!ok) fail_core(srv, j, &err);
-    if (ok && rq.verify && all_heads_exact(&res)) {
-        /* Nothing was approximated: the exact run would repeat this one bit for bit (the core
-         * is deterministic whatever its thread count), so its errors are zero. */
-        ok = verification_zero(&rq, &ver) == 0;
-        if (!ok) compute_fail(j, 500, "out_of_memory", "out of memory for the verification");
-    } else if (ok && rq.verify) {
-        pc.base = 0.5;
-        opts.want_output = 0;
-        ok = ag_gradients(&rq.cfg, rq.layers, rq.input, rq.batch, rq.n, &rq.loss, &exact, &opts,
-                          &ref, &err) == AG_OK;
-        if (!ok) fail_core(srv, j, &err);
-        if (ok && verification_fill(&rq, &res, &ref, &ver) != 0) {
-            compute_fail(j, 500, "out_of_memory", "out of memory for the verification");
-            ok = 0;
-        }
-        ag_result_free(&ref);
-    }
-    srv_pool_cores_give(&srv->pool, threads);
-    j->compute_s = seconds_since(t1);
-
-    if (ok) {
-        ag_timing timing = {j->decode_s * 1e3, j->compute_s * 1e3, 0.0};
-        size_t len = 0;
-        char *body = ag_response_encode_timed(&rq, &res, rq.verify ? &ver : NULL, &timing, &len);
-        j->encode_s = timing.encode_ms / 1e3;
-        if (!body) {
-            compute_fail(j, 500, "out_of_memory", "out of memory while encoding the response");
-        } else {
-            free(j->out);
-            j->out = body;
-            j->out_len = len;
-            j->http_status = 200;
-            atomic_store(&j->progress_ppm, 1000000u);
-        }
-    }
-    free(ver.layers);
-    ag_result_free(&res);
     ag_request_free(&rq);
     srv_budget_release(&srv->budget, &workspace);
+    return rc;
+}
+
+void compute_job(server *srv, srv_job *j)
+{
+    ag_proto_error e;
+    memset(&e, 0, sizeof e);
+    if (run(srv, j, &e) != 0) set_error(j, &e);
 }

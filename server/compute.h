@@ -16,11 +16,4 @@ void compute_job(struct server *srv, struct srv_job *j);
  * error that matches why it was cancelled. */
 void compute_job_skipped(struct server *srv, struct srv_job *j);
 
-/* Sets j's error (status, code, message; field "") and renders its body. */
-void compute_fail(struct srv_job *j, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-/* Sets the error matching j's cancel reason (timeout 504, shutdown 503, user 409). */
-void compute_fail_cancelled(struct server *srv, struct srv_job *j);
-
 #endif

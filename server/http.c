@@ -263,31 +263,19 @@ int http_reply_blob(http_req *r, int status, const char *content_type, srv_blob 
     return deliver(r, status, content_type, resp, blob->len);
 }
 
-int http_reply_proto_error(http_req *r, const ag_proto_error *e)
+int http_reply_out_of_memory(http_req *r)
+{
+    static const char oom[] =
+        "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"out of memory\",\"field\":\"\"}}";
+    return http_reply(r, 500, "application/json", (char *)oom, sizeof oom - 1, 0);
+}
+
+int http_reply_error(http_req *r, const ag_proto_error *e)
 {
     size_t len = 0;
     char *body = ag_error_encode(e, &len);
-    if (!body) {
-        static const char oom[] =
-            "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"out of memory\",\"field\":\"\"}}";
-        return http_reply(r, 500, "application/json", (char *)oom, sizeof oom - 1, 0);
-    }
+    if (!body) return http_reply_out_of_memory(r);
     return http_reply(r, e->http_status, "application/json", body, len, 1);
-}
-
-int http_reply_error(http_req *r, int status, const char *code, const char *field,
-                     const char *fmt, ...)
-{
-    ag_proto_error e;
-    memset(&e, 0, sizeof e);
-    e.http_status = status;
-    snprintf(e.code, sizeof e.code, "%s", code);
-    snprintf(e.field, sizeof e.field, "%s", field ? field : "");
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e.message, sizeof e.message, fmt, ap);
-    va_end(ap);
-    return http_reply_proto_error(r, &e);
 }
 
 void http_suspend(http_req *r)
@@ -411,7 +399,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     routes_complete(r);
     if (!r->responded && !r->is_suspended) {
         /* Every path answers or suspends; anything else would spin MHD on this request. */
-        http_reply_error(r, 500, "internal", "", "request was neither answered nor queued");
+        ag_proto_error e;
+        ag_proto_fail(&e, 500, "internal", "", "request was neither answered nor queued");
+        http_reply_error(r, &e);
     }
     return (r->responded || r->is_suspended) && r->pending_status != -1 ? MHD_YES : MHD_NO;
 }

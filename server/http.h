@@ -38,9 +38,7 @@ typedef struct http_req {
     srv_charge body_charge;   /* the memory budget body_cap holds */
     size_t content_length;    /* declared, or (size_t)-1 when chunked */
     size_t bytes_in;
-    int reject_status;        /* set while uploading: answered once the body is in */
-    char reject_code[40];
-    char reject_msg[200];
+    ag_proto_error reject;    /* http_status set while uploading: answered once the body is in */
 
     /* Answer. */
     int responded;            /* a response has been queued with MHD */
@@ -68,11 +66,11 @@ int http_reply(http_req *r, int status, const char *content_type, char *body, si
                int own);
 /* Answers with a shared blob (one reference taken, dropped when MHD is done with it). */
 int http_reply_blob(http_req *r, int status, const char *content_type, srv_blob *blob);
-/* Answers {"error": {"code", "message", "field"}}. */
-int http_reply_error(http_req *r, int status, const char *code, const char *field,
-                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-/* Answers with a proto error. */
-int http_reply_proto_error(http_req *r, const ag_proto_error *e);
+/* Answers e (made with ag_proto_fail) as {"error": {"code", "message", "field"}} with status
+ * e->http_status. */
+int http_reply_error(http_req *r, const ag_proto_error *e);
+/* Answers 500 out_of_memory "out of memory" from a static body (allocates nothing). */
+int http_reply_out_of_memory(http_req *r);
 
 /* Suspends the connection until http_reply resumes it (compute requests). */
 void http_suspend(http_req *r);

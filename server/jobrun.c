@@ -71,9 +71,7 @@ static void job_done(srv_pool_item *it, int cancelled)
     }
     if (!j->out) { /* the error body itself could not be allocated */
         j->http_status = 500;
-        snprintf(j->error.code, sizeof j->error.code, "out_of_memory");
-        snprintf(j->error.message, sizeof j->error.message, "out of memory");
-        j->error.http_status = 500;
+        ag_proto_fail(&j->error, 500, "out_of_memory", "", "out of memory");
     }
 
     srv_metrics *m = &srv->metrics;
@@ -97,7 +95,7 @@ static void job_done(srv_pool_item *it, int cancelled)
             http_reply(r, j->http_status, JSON, j->out, j->out_len, 1);
             j->out = NULL;
         } else {
-            http_reply_error(r, 500, "out_of_memory", "", "out of memory");
+            http_reply_out_of_memory(r);
         }
         srv_job_destroy(&srv->jobs, j);
         return;

@@ -15,31 +15,34 @@ static const char JSON[] = "application/json";
 
 static int reply_json(http_req *r, int status, json_t *obj)
 {
-    if (!obj) return http_reply_error(r, 500, "out_of_memory", "", "out of memory");
+    if (!obj) return http_reply_out_of_memory(r);
     char *s = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(9));
     json_decref(obj);
-    if (!s) return http_reply_error(r, 500, "out_of_memory", "", "out of memory");
+    if (!s) return http_reply_out_of_memory(r);
     return http_reply(r, status, JSON, s, strlen(s), 1);
 }
 
 /* ---- capacity -------------------------------------------------------------------------- */
 
-static void reply_queue_full(http_req *r)
+/* Refuses new work while draining or at capacity (the checks a compute request passes when
+ * its headers arrive and again when its body is in): -1 with e filled, or 0. */
+static int admit_work(http_req *r, ag_proto_error *e)
 {
-    r->srv->metrics.rejected_queue_full++;
-    http_add_header(r, "Retry-After", "1");
-    http_reply_error(r, 429, "queue_full", "",
-                     "the server has %d jobs running or queued, its limit (--workers %d + "
-                     "--queue %d); retry later", (int)r->srv->pool.in_flight, r->srv->cfg.workers,
-                     r->srv->cfg.queue);
-}
-
-static void reply_draining(http_req *r)
-{
-    r->srv->metrics.rejected_draining++;
-    http_add_header(r, "Retry-After", "5");
-    http_reply_error(r, 503, "draining", "", "the server is shutting down and takes no new "
-                     "work");
+    server *srv = r->srv;
+    if (srv->life.draining) {
+        srv->metrics.rejected_draining++;
+        http_add_header(r, "Retry-After", "5");
+        return ag_proto_fail(e, 503, "draining", "", "the server is shutting down and takes no "
+                             "new work");
+    }
+    if (srv_jobs_at_capacity(srv)) {
+        srv->metrics.rejected_queue_full++;
+        http_add_header(r, "Retry-After", "1");
+        return ag_proto_fail(e, 429, "queue_full", "", "the server has %d jobs running or "
+                             "queued, its limit (--workers %d + --queue %d); retry later",
+                             (int)srv->pool.in_flight, srv->cfg.workers, srv->cfg.queue);
+    }
+    return 0;
 }
 
 /* ---- job views ------------------------------------------------------------------------- */
@@ -104,12 +107,15 @@ static void handle_info(http_req *r)
 static void handle_ready(http_req *r)
 {
     server *srv = r->srv;
+    ag_proto_error e;
     if (srv->life.draining) {
         http_add_header(r, "Retry-After", "5");
-        http_reply_error(r, 503, "draining", "", "the server is shutting down");
+        ag_proto_fail(&e, 503, "draining", "", "the server is shutting down");
+        http_reply_error(r, &e);
     } else if (srv_jobs_at_capacity(srv)) {
         http_add_header(r, "Retry-After", "1");
-        http_reply_error(r, 503, "queue_full", "", "the job queue is full");
+        ag_proto_fail(&e, 503, "queue_full", "", "the job queue is full");
+        http_reply_error(r, &e);
     } else {
         reply_json(r, 200, json_pack("{s:s}", "status", "ready"));
     }
@@ -140,7 +146,7 @@ static void handle_metrics(http_req *r)
     size_t len = 0;
     char *text = srv_metrics_render(&srv->metrics, &g, &len);
     if (!text) {
-        http_reply_error(r, 500, "out_of_memory", "", "out of memory");
+        http_reply_out_of_memory(r);
         return;
     }
     http_reply(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, 1);
@@ -152,7 +158,11 @@ static srv_job *visible_job(http_req *r)
     srv_job *j = srv_job_find(&r->srv->jobs, r->job_id);
     /* Another token's job is indistinguishable from a missing one. */
     if (j && r->srv->auth.count > 0 && j->owner != r->token) j = NULL;
-    if (!j) http_reply_error(r, 404, "job_not_found", "id", "no job with this id");
+    if (!j) {
+        ag_proto_error e;
+        ag_proto_fail(&e, 404, "job_not_found", "id", "no job with this id");
+        http_reply_error(r, &e);
+    }
     return j;
 }
 
@@ -182,17 +192,22 @@ static void handle_job_result(http_req *r)
     srv_job *j = visible_job(r);
     if (!j) return;
     srv_job_state st = (srv_job_state)atomic_load(&j->state);
-    if (st == SRV_JOB_CANCELLED) {
-        http_reply_error(r, 409, "cancelled", "id", "the job was cancelled; it has no result");
-    } else if (st == SRV_JOB_DONE || st == SRV_JOB_FAILED) {
+    ag_proto_error e;
+    if (st == SRV_JOB_DONE || st == SRV_JOB_FAILED) {
         srv_job_threads_header(r, j);
-        if (j->result) http_reply_blob(r, j->http_status, JSON, j->result);
-        else http_reply_error(r, 500, "out_of_memory", "", "the job's result was lost");
+        if (j->result) {
+            http_reply_blob(r, j->http_status, JSON, j->result);
+            return;
+        }
+        ag_proto_fail(&e, 500, "out_of_memory", "", "the job's result was lost");
+    } else if (st == SRV_JOB_CANCELLED) {
+        ag_proto_fail(&e, 409, "cancelled", "id", "the job was cancelled; it has no result");
     } else {
         http_add_header(r, "Retry-After", "1");
-        http_reply_error(r, 409, "not_ready", "id", "the job is %s; its result is not ready",
-                         srv_job_state_name(st));
+        ag_proto_fail(&e, 409, "not_ready", "id", "the job is %s; its result is not ready",
+                      srv_job_state_name(st));
     }
+    http_reply_error(r, &e);
 }
 
 /* ---- compute requests ------------------------------------------------------------------ */
@@ -208,75 +223,70 @@ static int is_json_type(const char *ct)
     return *rest == '\0' || *rest == ';';
 }
 
-static void begin_compute(http_req *r)
+/* The checks of a compute POST before its body is read, in this order: -1 with e filled, or
+ * 0. */
+static int admit_compute(http_req *r, ag_proto_error *e)
 {
     server *srv = r->srv;
     const char *ct = http_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
-    if (!is_json_type(ct)) {
-        http_reply_error(r, 415, "unsupported_media_type", "Content-Type",
-                         "the body must be application/json, got %s", ct ? "another type"
-                                                                        : "no Content-Type");
-        return;
-    }
+    if (!is_json_type(ct))
+        return ag_proto_fail(e, 415, "unsupported_media_type", "Content-Type",
+                             "the body must be application/json, got %s",
+                             ct ? "another type" : "no Content-Type");
     const char *cl = http_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
     r->content_length = (size_t)-1;
     if (cl) {
         char *end;
         unsigned long long v = strtoull(cl, &end, 10);
-        if (end == cl || *end || cl[0] == '-') {
-            http_reply_error(r, 400, "invalid_request", "Content-Length",
-                             "invalid Content-Length");
-            return;
-        }
+        if (end == cl || *end || cl[0] == '-')
+            return ag_proto_fail(e, 400, "invalid_request", "Content-Length",
+                                 "invalid Content-Length");
         if (v > srv->cfg.max_body) {
             srv->metrics.rejected_too_large++;
-            http_reply_error(r, 413, "too_large", "", "the body has %llu bytes; this server "
-                             "takes at most %zu (--max-body)", v, srv->cfg.max_body);
-            return;
+            return ag_proto_fail(e, 413, "too_large", "", "the body has %llu bytes; this "
+                                 "server takes at most %zu (--max-body)", v, srv->cfg.max_body);
         }
         r->content_length = (size_t)v;
     }
-    if (srv->life.draining) {
-        reply_draining(r);
-        return;
-    }
-    if (srv_jobs_at_capacity(srv)) {
-        reply_queue_full(r);
-        return;
-    }
+    if (admit_work(r, e) != 0) return -1;
     if (r->async && srv->jobs.count >= (size_t)srv->cfg.max_jobs) {
         srv->metrics.rejected_queue_full++;
         http_add_header(r, "Retry-After", "5");
-        http_reply_error(r, 429, "too_many_jobs", "", "the server holds %d async jobs, its "
-                         "limit (--max-jobs); retry later or fetch finished results",
-                         srv->cfg.max_jobs);
-        return;
+        return ag_proto_fail(e, 429, "too_many_jobs", "", "the server holds %d async jobs, its "
+                             "limit (--max-jobs); retry later or fetch finished results",
+                             srv->cfg.max_jobs);
     }
     if (r->content_length != (size_t)-1 && r->content_length > srv->budget.limit) {
         srv->metrics.rejected_too_large++;
-        http_reply_error(r, 413, "too_large", "", "the body has %zu bytes; this server's "
-                         "memory budget is %zu (--memory-limit)", r->content_length,
-                         srv->budget.limit);
-        return;
+        return ag_proto_fail(e, 413, "too_large", "", "the body has %zu bytes; this server's "
+                             "memory budget is %zu (--memory-limit)", r->content_length,
+                             srv->budget.limit);
     }
     /* Only a check: the buffer (and its reservation) grows as bytes arrive, so a client that
      * declares a large body and sends nothing holds next to nothing. */
     if (r->content_length != (size_t)-1 && !srv_budget_fits(&srv->budget, r->content_length)) {
         srv->metrics.rejected_memory++;
         http_add_header(r, "Retry-After", "1");
-        http_reply_error(r, 429, "server_busy", "", "the server's memory budget is in use "
-                         "(--memory-limit); retry later");
+        return ag_proto_fail(e, 429, "server_busy", "", "the server's memory budget is in use "
+                             "(--memory-limit); retry later");
+    }
+    return 0;
+}
+
+static void begin_compute(http_req *r)
+{
+    ag_proto_error e;
+    if (admit_compute(r, &e) != 0) {
+        http_reply_error(r, &e);
         return;
     }
     r->wants_body = 1;
 }
 
-static void reject_body(http_req *r, int status, const char *code, const char *msg)
+/* The body is refused while it arrives (r->reject is set): drop what was kept; the rest is
+ * read and discarded, and the refusal answered once it is in. */
+static void reject_body(http_req *r)
 {
-    if (r->reject_status) return;
-    r->reject_status = status;
-    snprintf(r->reject_code, sizeof r->reject_code, "%s", code);
-    snprintf(r->reject_msg, sizeof r->reject_msg, "%s", msg);
     free(r->body);
     r->body = NULL;
     r->body_len = r->body_cap = 0;
@@ -287,7 +297,7 @@ int routes_body(http_req *r, const char *data, size_t len)
 {
     server *srv = r->srv;
     r->bytes_in += len;
-    if (!r->wants_body || r->reject_status) {
+    if (!r->wants_body || r->reject.http_status) {
         /* Discarding, so that the answer reaches the client; an endless body is cut. */
         size_t cut = (size_t)64 << 20;
         cut = srv->cfg.max_body > SIZE_MAX - cut ? SIZE_MAX : srv->cfg.max_body + cut;
@@ -295,9 +305,9 @@ int routes_body(http_req *r, const char *data, size_t len)
     }
     if (len > srv->cfg.max_body - r->body_len) {
         srv->metrics.rejected_too_large++;
-        char msg[160];
-        snprintf(msg, sizeof msg, "the body is over %zu bytes (--max-body)", srv->cfg.max_body);
-        reject_body(r, 413, "too_large", msg);
+        ag_proto_fail(&r->reject, 413, "too_large", "", "the body is over %zu bytes (--max-body)",
+                      srv->cfg.max_body);
+        reject_body(r);
         return 0;
     }
     size_t need = r->body_len + len;
@@ -311,19 +321,22 @@ int routes_body(http_req *r, const char *data, size_t len)
         size_t more = cap - r->body_cap;
         if (r->body_charge.bytes + more > srv->budget.limit) {
             srv->metrics.rejected_too_large++;
-            reject_body(r, 413, "too_large", "the body is larger than this server's memory "
-                        "budget (--memory-limit)");
+            ag_proto_fail(&r->reject, 413, "too_large", "", "the body is larger than this "
+                          "server's memory budget (--memory-limit)");
+            reject_body(r);
             return 0;
         }
         if (srv_budget_try(&srv->budget, &r->body_charge, SRV_MEM_BODY, more) != 0) {
             srv->metrics.rejected_memory++;
-            reject_body(r, 429, "server_busy", "the server's memory budget is in use "
-                        "(--memory-limit); retry later");
+            ag_proto_fail(&r->reject, 429, "server_busy", "", "the server's memory budget is in "
+                          "use (--memory-limit); retry later");
+            reject_body(r);
             return 0;
         }
         char *nb = realloc(r->body, cap + 1);
         if (!nb) {
-            reject_body(r, 500, "out_of_memory", "out of memory for the body");
+            ag_proto_fail(&r->reject, 500, "out_of_memory", "", "out of memory for the body");
+            reject_body(r);
             return 0;
         }
         r->body = nb;
@@ -337,27 +350,26 @@ int routes_body(http_req *r, const char *data, size_t len)
 static void complete_compute(http_req *r)
 {
     server *srv = r->srv;
-    if (r->reject_status) {
-        if (r->reject_status == 429) http_add_header(r, "Retry-After", "1");
-        http_reply_error(r, r->reject_status, r->reject_code, "", "%s", r->reject_msg);
+    ag_proto_error e;
+    if (r->reject.http_status) {
+        if (r->reject.http_status == 429) http_add_header(r, "Retry-After", "1");
+        http_reply_error(r, &r->reject);
         return;
     }
     if (r->body_len == 0) {
-        http_reply_error(r, 400, "invalid_json", "", "the request body is empty");
+        ag_proto_fail(&e, 400, "invalid_json", "", "the request body is empty");
+        http_reply_error(r, &e);
         return;
     }
     /* The state may have changed while the body was arriving. */
-    if (srv->life.draining) {
-        reply_draining(r);
-        return;
-    }
-    if (srv_jobs_at_capacity(srv)) {
-        reply_queue_full(r);
+    if (admit_work(r, &e) != 0) {
+        http_reply_error(r, &e);
         return;
     }
     srv_job *j = srv_job_new(&srv->jobs);
     if (!j) {
-        http_reply_error(r, 500, "out_of_memory", "", "out of memory for the job");
+        ag_proto_fail(&e, 500, "out_of_memory", "", "out of memory for the job");
+        http_reply_error(r, &e);
         return;
     }
     r->body[r->body_len] = 0;
@@ -372,7 +384,8 @@ static void complete_compute(http_req *r)
     j->deadline = srv->cfg.timeout_s > 0 ? j->t_created + srv_ns(srv->cfg.timeout_s) : 0;
     if (r->async && srv_job_register(&srv->jobs, j, srv->cfg.node_id) != 0) {
         srv_job_destroy(&srv->jobs, j);
-        http_reply_error(r, 500, "internal", "", "no randomness for a job id");
+        ag_proto_fail(&e, 500, "internal", "", "no randomness for a job id");
+        http_reply_error(r, &e);
         return;
     }
     if (!r->async) {
@@ -383,7 +396,8 @@ static void complete_compute(http_req *r)
     if (rc != 0) {
         r->job = NULL;
         srv_job_destroy(&srv->jobs, j);
-        http_reply_error(r, 500, "internal", "", "cannot queue the job: %s", uv_strerror(rc));
+        ag_proto_fail(&e, 500, "internal", "", "cannot queue the job: %s", uv_strerror(rc));
+        http_reply_error(r, &e);
         return;
     }
     srv->metrics.jobs_accepted++;
@@ -460,14 +474,17 @@ static void match(http_req *r, const char *url)
 static void dispatch(http_req *r)
 {
     server *srv = r->srv;
+    ag_proto_error e;
     if (r->route == ROUTE_OTHER) {
-        http_reply_error(r, 404, "not_found", "", "no such endpoint");
+        ag_proto_fail(&e, 404, "not_found", "", "no such endpoint");
+        http_reply_error(r, &e);
         return;
     }
     if (!method_allowed(r->route, r->method)) {
         http_add_header(r, MHD_HTTP_HEADER_ALLOW, allowed_methods(r->route));
-        http_reply_error(r, 405, "method_not_allowed", "", "%s is not allowed here; use %s",
-                         r->method_s, allowed_methods(r->route));
+        ag_proto_fail(&e, 405, "method_not_allowed", "", "%s is not allowed here; use %s",
+                      r->method_s, allowed_methods(r->route));
+        http_reply_error(r, &e);
         return;
     }
     int is_v1 = r->route <= ROUTE_INFO;
@@ -475,8 +492,9 @@ static void dispatch(http_req *r)
         r->token = srv_auth_check(&srv->auth, http_header(r, MHD_HTTP_HEADER_AUTHORIZATION));
         if (r->token < 0) {
             http_add_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"altgrad\"");
-            http_reply_error(r, 401, "unauthorized", "Authorization",
-                             "a valid 'Authorization: Bearer <token>' header is required");
+            ag_proto_fail(&e, 401, "unauthorized", "Authorization",
+                          "a valid 'Authorization: Bearer <token>' header is required");
+            http_reply_error(r, &e);
             return;
         }
     }
@@ -494,7 +512,7 @@ static void dispatch(http_req *r)
     case ROUTE_LIVE: reply_json(r, 200, json_pack("{s:s}", "status", "live")); return;
     case ROUTE_READY: handle_ready(r); return;
     case ROUTE_METRICS: handle_metrics(r); return;
-    default: http_reply_error(r, 404, "not_found", "", "no such endpoint"); return;
+    default: return;
     }
 }
 
