@@ -4,6 +4,7 @@
 #include "compute.h"
 #include "http.h"
 #include "jobrun.h"
+#include "routes.h"
 
 static const char JSON[] = "application/json";
 
@@ -87,15 +88,15 @@ static void job_done(srv_pool_item *it, int cancelled)
     m->jobs_finished[st]++;
 
     if (j->req) {
-        http_req *r = j->req;
-        r->job = NULL;
+        srv_request *q = j->req;
+        q->job = NULL;
         j->req = NULL;
-        srv_job_threads_header(r, j);
+        srv_job_threads_header(&q->http, j);
         if (j->out) {
-            http_reply(r, j->http_status, JSON, j->out, j->out_len, 1);
+            http_reply(&q->http, j->http_status, JSON, j->out, j->out_len, 1);
             j->out = NULL;
         } else {
-            http_reply_out_of_memory(r);
+            http_reply_out_of_memory(&q->http);
         }
         srv_job_destroy(&srv->jobs, j);
         return;

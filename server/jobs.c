@@ -125,6 +125,11 @@ void srv_job_table_free(srv_job_table *t)
     memset(t, 0, sizeof *t);
 }
 
+void srv_job_url(const srv_job *j, const char *tail, char *out, size_t cap)
+{
+    snprintf(out, cap, "/v1/jobs/%s%s", j->id, tail);
+}
+
 const char *srv_job_state_name(srv_job_state s)
 {
     switch (s) {

@@ -48,7 +48,7 @@ void srv_blob_ref(srv_blob *b);
 /* Drops one reference, freeing the blob and its data at zero; NULL-safe. */
 void srv_blob_unref(srv_blob *b);
 
-struct http_req;
+struct srv_request;
 
 #define SRV_JOB_ID_MAX 72 /* node id (31) + '-' + 32 hex + NUL, rounded up */
 
@@ -83,7 +83,7 @@ typedef struct srv_job {
     uint64_t t_created, t_started, t_finished; /* uv_hrtime() ns; t_started set by worker */
     uint64_t deadline;       /* ns, 0 = none */
     uint64_t expires;        /* ns, async: purge time once finished */
-    struct http_req *req;    /* sync: the suspended request waiting for this job */
+    struct srv_request *req; /* sync: the suspended request waiting for this job */
     struct srv_job *all_prev, *all_next; /* every live job */
     struct srv_job *hash_next;           /* async table chain */
 } srv_job;
@@ -102,6 +102,11 @@ typedef struct {
 int srv_job_table_init(srv_job_table *t, size_t nbuckets, srv_budget *budget);
 /* Frees every job still held (none may be in flight). */
 void srv_job_table_free(srv_job_table *t);
+
+#define SRV_JOB_URL_MAX (SRV_JOB_ID_MAX + 24)
+
+/* "/v1/jobs/<id>" followed by tail ("" or "/result") into out (cap >= SRV_JOB_URL_MAX). */
+void srv_job_url(const srv_job *j, const char *tail, char *out, size_t cap);
 
 /* A new job, linked into the all-jobs list (not into the id table). NULL on allocation
  * failure. */

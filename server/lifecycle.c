@@ -30,8 +30,8 @@ static void drain_step(server *srv, uint64_t now)
         if (n) srv_log("warn", "drain timeout (%g s): cancelled %zu jobs", srv->cfg.drain_timeout_s,
                        n);
     }
-    if (srv->pool.in_flight == 0 && srv->suspended == 0 &&
-        (srv->active_requests == 0 ||
+    if (srv->pool.in_flight == 0 && srv->http.suspended == 0 &&
+        (srv->http.active_requests == 0 ||
          (lc->drain_cancelled && now >= lc->drain_deadline + DRAIN_GRACE_NS))) {
         shutdown_now(srv);
         return;
@@ -64,7 +64,7 @@ void srv_begin_drain(server *srv)
     lc->draining = 1;
     lc->drain_deadline = now + srv_ns(srv->cfg.drain_timeout_s);
     srv_log("info", "draining: %zu jobs in flight, %zu requests open; up to %g s",
-            srv->pool.in_flight, srv->active_requests, srv->cfg.drain_timeout_s);
+            srv->pool.in_flight, srv->http.active_requests, srv->cfg.drain_timeout_s);
     http_quiesce(srv);
     drain_step(srv, now);
 }

@@ -9,6 +9,7 @@
 
 #include "blas.h"
 #include "log.h"
+#include "routes.h"
 #include "server.h"
 #include "tls.h"
 
@@ -112,11 +113,11 @@ int main(int argc, char **argv)
     srv->loop = &loop;
     if (srv_pool_init(&srv->pool, &loop, srv->cfg.cores) != 0) goto out_loop;
     srv->started_ns = uv_hrtime();
-    if (http_start(srv, cert, key) != 0) goto out_loop;
+    if (http_start(srv, srv_routes_init(srv), cert, key) != 0) goto out_loop;
     srv_tls_free_pem(cert);
     srv_tls_free_pem(key);
     cert = key = NULL;
-    if (srv->cfg.port_file[0] && write_port_file(srv->cfg.port_file, srv->port) != 0) {
+    if (srv->cfg.port_file[0] && write_port_file(srv->cfg.port_file, srv->http.port) != 0) {
         srv_log("error", "cannot write --port-file %s", srv->cfg.port_file);
         http_stop(srv);
         uv_run(&loop, UV_RUN_DEFAULT);
@@ -128,7 +129,7 @@ int main(int argc, char **argv)
     }
     srv_log("info", "altgradd %s listening on %s://%s (port %u): workers %d, cores %d, "
             "queue %d, max body %zu, timeout %g s, job ttl %g s, memory limit %zu, auth %s",
-            ALTGRAD_VERSION, srv->tls ? "https" : "http", srv->cfg.listen, srv->port,
+            ALTGRAD_VERSION, srv->http.tls ? "https" : "http", srv->cfg.listen, srv->http.port,
             srv->cfg.workers, srv->cfg.cores, srv->cfg.queue, srv->cfg.max_body,
             srv->cfg.timeout_s, srv->cfg.job_ttl_s, srv->cfg.memory_limit,
             srv->auth.count ? "on" : "off");
@@ -138,7 +139,7 @@ int main(int argc, char **argv)
     srv_log("info", "stopped");
 
 out_loop:
-    if (srv->mhd) {
+    if (srv->http.mhd) {
         http_stop(srv);
         uv_run(&loop, UV_RUN_DEFAULT);
     }
