@@ -1,14 +1,16 @@
 /* The worker side of a job: decode -> memory and cores -> ag_gradients (-> exact again for
- * verify) -> encode. Runs on a pool thread; touches only the job and the thread-safe parts of
- * the server (pool budgets, read-only limits and cost model). */
+ * verify) -> encode. Runs on a pool thread (jobrun.c's work function); touches only its job
+ * (as jobs.h allows), the pool's cores and the budget (each locks itself) and the server's
+ * read-only fields (limits, cost model, config). */
 #ifndef ALTGRAD_SERVER_COMPUTE_H
 #define ALTGRAD_SERVER_COMPUTE_H
 
 struct server;
 struct srv_job;
 
-/* Fills j->http_status and j->out (the response body, or an error body with j->error set);
- * frees j->body. Never fails silently: every path leaves a status and, memory permitting, a
+/* Worker thread. Fills j->http_status and j->out (the response body, or an error body with
+ * j->error set); frees j->body and releases its charge; charges the core's workspace while
+ * it runs. Never fails silently: every path leaves a status and, memory permitting, a
  * body. */
 void compute_job(struct server *srv, struct srv_job *j);
 

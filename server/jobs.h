@@ -1,10 +1,16 @@
-/* Jobs: one per compute request, sync or async. The loop thread owns the table and every
- * field not marked atomic; a worker touches only the atomics and the fields it fills before
- * its after-callback runs (libuv orders the two).
+/* Jobs: one per compute request, sync or async, and the table of them.
  *
- * Lifetime: created by a route; freed by the loop thread when no worker holds it
- * (!work.in_flight) and, for an async job, once purged from the table (TTL, or shutdown); a sync
- * job is freed as soon as its response has been handed to its connection. */
+ * Threads: the loop thread owns the table and every job. While a job is in flight
+ * (work.in_flight) a worker (compute.c) also uses it: it reads the input and the request
+ * fields, fills the output fields, and changes the atomics, which the loop reads meanwhile
+ * (state, progress) or writes (cancel, by DELETE, the deadline or the drain). The loop reads
+ * the output only in the pool's done function, which libuv runs after the work function
+ * returned. Everything under "loop thread" is never touched by a worker.
+ *
+ * Lifetime: created by handle_compute.c; freed by the loop thread when no worker holds it
+ * (!work.in_flight) and, for an async job, once purged from the table (TTL, or shutdown); a
+ * sync job is freed as soon as its response has been handed to its connection. Freeing it
+ * releases the budget charges it still holds. */
 #ifndef ALTGRAD_SERVER_JOBS_H
 #define ALTGRAD_SERVER_JOBS_H
 
@@ -53,22 +59,27 @@ struct srv_request;
 #define SRV_JOB_ID_MAX 72 /* node id (31) + '-' + 32 hex + NUL, rounded up */
 
 typedef struct srv_job {
+    /* Set before it is submitted; read-only after. */
     char id[SRV_JOB_ID_MAX]; /* "" for sync jobs */
     int async;
     int owner;               /* token index of the creator, -1 without auth */
-    _Atomic int state;       /* srv_job_state */
-    atomic_int cancel;       /* the core's cancel flag */
-    _Atomic int cancel_why;  /* srv_cancel_reason */
-    atomic_uint progress_ppm;/* progress in millionths, from the core's callback */
-    srv_pool_item work;      /* work.in_flight: submitted, its done function not yet run */
+    uint64_t deadline;       /* ns, 0 = none */
     struct server *srv;      /* for the pool's callbacks */
 
-    /* Input, consumed (freed, its charge released) by the worker. */
+    /* Shared with the worker while in flight: atomics. */
+    _Atomic int state;       /* srv_job_state: the worker moves QUEUED -> RUNNING, DELETE any
+                                unfinished state -> CANCELLED, the loop sets the outcome */
+    atomic_int cancel;       /* the core's cancel flag */
+    _Atomic int cancel_why;  /* srv_cancel_reason; the first reason raised is kept */
+    atomic_uint progress_ppm;/* progress in millionths, from the core's callback */
+    srv_pool_item work;      /* the pool's; work.in_flight: submitted, done not yet run */
+
+    /* Input: the worker frees it (and releases its charge) once decoded. */
     char *body;
     size_t body_len;
     srv_charge body_charge;
 
-    /* Output, filled by the worker. */
+    /* Output: the worker's while in flight, the loop's after. */
     int http_status;         /* 200 or the error's status */
     char *out;               /* response body (success or error JSON) */
     size_t out_len;
@@ -77,11 +88,12 @@ typedef struct srv_job {
     int threads;             /* cores the core was given (0 when it did not run) */
     double decode_s, compute_s, encode_s;
 
-    /* Loop-thread bookkeeping. */
+    uint64_t t_started;      /* uv_hrtime() ns, when the worker took it; 0 if it never did */
+
+    /* Loop thread. */
     srv_blob *result;        /* stored body once finished (async) */
     srv_charge result_charge;
-    uint64_t t_created, t_started, t_finished; /* uv_hrtime() ns; t_started set by worker */
-    uint64_t deadline;       /* ns, 0 = none */
+    uint64_t t_created, t_finished; /* uv_hrtime() ns */
     uint64_t expires;        /* ns, async: purge time once finished */
     struct srv_request *req; /* sync: the suspended request waiting for this job */
     struct srv_job *all_prev, *all_next; /* every live job */
