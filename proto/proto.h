@@ -98,6 +98,12 @@ char *ag_request_encode(const ag_request *req, size_t *len);
 char *ag_response_encode(const ag_request *req, const ag_result *res,
                          const ag_verification *verification, const ag_timing *timing,
                          size_t *len);
+/* The same, timing itself: timing_ms.encode is the time this call took up to writing that
+ * number (CLOCK_MONOTONIC), also stored in timing->encode_ms; decode and compute are taken
+ * from timing (NULL: zeros). */
+char *ag_response_encode_timed(const ag_request *req, const ag_result *res,
+                               const ag_verification *verification, ag_timing *timing,
+                               size_t *len);
 
 /* Parses a response body into an ag_response (proto/wire.h) for a request made with cfg
  * (shapes are checked against it; fields it does not know are ignored). 0 on success; -1 with err filled: an error body

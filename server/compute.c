@@ -1,5 +1,4 @@
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,7 +8,8 @@
 #include "jobs.h"
 #include "server.h"
 
-static void set_error(job *j, const ag_proto_error *e)
+/* Sets j's error and renders its body (none when even that cannot be allocated). */
+static void set_error(srv_job *j, const ag_proto_error *e)
 {
     j->error = *e;
     j->http_status = e->http_status;
@@ -18,54 +18,40 @@ static void set_error(job *j, const ag_proto_error *e)
     if (!j->out) j->out_len = 0;
 }
 
-void compute_fail(job *j, int status, const char *code, const char *fmt, ...)
+/* The error matching j's cancel reason (timeout 504, shutdown 503, user 409); returns -1. */
+static int cancelled_error(server *srv, const srv_job *j, ag_proto_error *e)
 {
-    ag_proto_error e;
-    memset(&e, 0, sizeof e);
-    e.http_status = status;
-    snprintf(e.code, sizeof e.code, "%s", code);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e.message, sizeof e.message, fmt, ap);
-    va_end(ap);
-    set_error(j, &e);
-}
-
-void compute_fail_cancelled(server *srv, job *j)
-{
-    switch ((cancel_reason)atomic_load(&j->cancel_why)) {
-    case CANCEL_TIMEOUT:
-        compute_fail(j, 504, "timeout", "the job did not finish within the server's timeout "
-                     "of %g s (--timeout)", srv->cfg.timeout_s);
-        break;
-    case CANCEL_SHUTDOWN:
-        compute_fail(j, 503, "shutting_down", "the server is shutting down; retry on another "
-                     "instance");
-        break;
+    switch ((srv_cancel_reason)atomic_load(&j->cancel_why)) {
+    case SRV_CANCEL_TIMEOUT:
+        return ag_proto_fail(e, 504, "timeout", "", "the job did not finish within the server's "
+                             "timeout of %g s (--timeout)", srv->cfg.timeout_s);
+    case SRV_CANCEL_SHUTDOWN:
+        return ag_proto_fail(e, 503, "shutting_down", "", "the server is shutting down; retry on "
+                             "another instance");
     default:
-        compute_fail(j, 409, "cancelled", "the job was cancelled");
-        break;
+        return ag_proto_fail(e, 409, "cancelled", "", "the job was cancelled");
     }
 }
 
-static void release_body(server *srv, job *j)
+static void release_body(server *srv, srv_job *j)
 {
     free(j->body);
     j->body = NULL;
     j->body_len = 0;
-    pool_mem_release(&srv->pool, j->body_reserved);
-    j->body_reserved = 0;
+    srv_budget_release(&srv->budget, &j->body_charge);
 }
 
-void compute_job_skipped(server *srv, job *j)
+void compute_job_skipped(server *srv, srv_job *j)
 {
     release_body(srv, j);
-    compute_fail_cancelled(srv, j);
+    ag_proto_error e;
+    cancelled_error(srv, j, &e);
+    set_error(j, &e);
 }
 
 /* Progress of a job whose core may run twice (verify): each run covers [base, base+span]. */
 typedef struct {
-    job *j;
+    srv_job *j;
     double base, span;
 } progress_ctx;
 
@@ -92,16 +78,11 @@ static size_t sat_add(size_t a, size_t b)
     return a > SIZE_MAX - b ? SIZE_MAX : a + b;
 }
 
-static int fail_core(server *srv, job *j, const ag_error *err)
+/* The API error for a failed core run; returns -1. */
+static int core_error(server *srv, const srv_job *j, const ag_error *err, ag_proto_error *e)
 {
-    if (err->status == AG_ERR_CANCELLED) {
-        compute_fail_cancelled(srv, j);
-        return -1;
-    }
-    ag_proto_error pe;
-    memset(&pe, 0, sizeof pe);
-    ag_proto_from_core(err, &pe);
-    set_error(j, &pe);
+    if (err->status == AG_ERR_CANCELLED) return cancelled_error(srv, j, e);
+    ag_proto_from_core(err, e);
     return -1;
 }
 
@@ -121,25 +102,6 @@ static int verification_fill(const ag_request *rq, const ag_result *res, const a
         }
     }
     return 0;
-}
-
-/* The encoder prints the timing it is given, so it cannot know its own duration: the body
- * ends with ',"encode":0}}' (timing_ms is its last member), and that number is replaced by
- * the measured one. Left as it is when the tail has another form. */
-static char *patch_encode_ms(char *body, size_t *len, double encode_ms)
-{
-    static const char tail[] = "\"encode\":0}}";
-    size_t tl = sizeof tail - 1;
-    if (*len < tl || memcmp(body + *len - tl, tail, tl) != 0) return body;
-    char num[40];
-    int n = snprintf(num, sizeof num, "%.6g}}", encode_ms);
-    if (n <= 0 || (size_t)n >= sizeof num) return body;
-    size_t keep = *len - 3; /* everything before "0}}" */
-    char *nb = realloc(body, keep + (size_t)n + 1);
-    if (!nb) return body;
-    memcpy(nb + keep, num, (size_t)n + 1);
-    *len = keep + (size_t)n;
-    return nb;
 }
 
 static int all_heads_exact(const ag_result *res)
@@ -169,54 +131,61 @@ static int fault_alloc_now(server *srv)
     return k % srv->fault_alloc_every == 0;
 }
 
-void compute_job(server *srv, job *j)
+/* The exact run that measures the errors of res (verify): fills ver. 0, or -1 with e. */
+static int verify(server *srv, const srv_job *j, const ag_request *rq, ag_run_opts *opts,
+                  progress_ctx *pc, const ag_result *res, ag_verification *ver,
+                  ag_proto_error *e)
 {
-    j->t_started = uv_hrtime();
-    int expected = JOB_QUEUED;
-    if (!atomic_compare_exchange_strong(&j->state, &expected, JOB_RUNNING) ||
-        atomic_load(&j->cancel)) {
-        release_body(srv, j);
-        compute_fail_cancelled(srv, j);
-        return;
+    if (all_heads_exact(res)) {
+        /* Nothing was approximated: the exact run would repeat this one bit for bit (the core
+         * is deterministic whatever its thread count), so its errors are zero. */
+        if (verification_zero(rq, ver) != 0)
+            return ag_proto_fail(e, 500, "out_of_memory", "", "out of memory for the "
+                                 "verification");
+        return 0;
     }
-
-    /* Decode here, not on the loop: a large JSON body takes seconds. */
-    uint64_t t0 = uv_hrtime();
-    ag_request rq;
-    ag_proto_error pe;
-    memset(&pe, 0, sizeof pe);
-    int drc = ag_request_decode(j->body, j->body_len, &srv->limits, &rq, &pe);
-    release_body(srv, j);
-    j->decode_s = seconds_since(t0);
-    if (drc != 0) {
-        if (pe.http_status < 400 || pe.http_status > 599) pe.http_status = 400;
-        set_error(j, &pe);
-        return;
-    }
-    j->method_kind = (int)rq.method.kind;
-
     ag_method exact = ag_method_default(AG_METHOD_EXACT);
-    size_t ws = ag_gradients_workspace_bytes(&rq.cfg, rq.batch, rq.n, &rq.method);
-    if (rq.verify) ws = sat_add(ws, ag_gradients_workspace_bytes(&rq.cfg, rq.batch, rq.n, &exact));
-    int mrc = ws == SIZE_MAX ? -2 : pool_mem_wait(&srv->pool, ws, &j->cancel, j->deadline);
-    if (mrc == -2) {
-        compute_fail(j, 413, "too_large", "the job needs %zu bytes of workspace; this server "
-                     "allows %zu (--memory-limit)", ws, srv->pool.mem_limit);
-        ag_request_free(&rq);
-        return;
-    }
-    if (mrc != 0) {
-        if (atomic_load(&j->cancel_why) == CANCEL_NONE)
-            atomic_store(&j->cancel_why, CANCEL_TIMEOUT); /* the deadline passed waiting */
-        compute_fail_cancelled(srv, j);
-        ag_request_free(&rq);
-        return;
-    }
-    j->workspace_bytes = ws;
+    pc->base = 0.5;
+    opts->want_output = 0;
+    ag_result ref;
+    memset(&ref, 0, sizeof ref);
+    ag_error err;
+    memset(&err, 0, sizeof err);
+    int rc = 0;
+    if (ag_gradients(&rq->cfg, rq->layers, rq->input, rq->batch, rq->n, &rq->loss, &exact, opts,
+                     &ref, &err) != AG_OK)
+        rc = core_error(srv, j, &err, e);
+    else if (verification_fill(rq, res, &ref, ver) != 0)
+        rc = ag_proto_fail(e, 500, "out_of_memory", "", "out of memory for the verification");
+    ag_result_free(&ref);
+    return rc;
+}
 
-    int threads = pool_cores_take(&srv->pool);
+/* The response body of a successful run, with its timings, as j's output: 0, or -1 with e. */
+static int encode(srv_job *j, const ag_request *rq, const ag_result *res,
+                  const ag_verification *ver, ag_proto_error *e)
+{
+    ag_timing timing = {j->decode_s * 1e3, j->compute_s * 1e3, 0.0};
+    size_t len = 0;
+    char *body = ag_response_encode_timed(rq, res, ver, &timing, &len);
+    j->encode_s = timing.encode_ms / 1e3;
+    if (!body)
+        return ag_proto_fail(e, 500, "out_of_memory", "", "out of memory while encoding the "
+                             "response");
+    free(j->out);
+    j->out = body;
+    j->out_len = len;
+    j->http_status = 200;
+    atomic_store(&j->progress_ppm, 1000000u);
+    return 0;
+}
+
+/* The core on the free cores (twice for verify), then the encoding: 0, or -1 with e. */
+static int compute(server *srv, srv_job *j, const ag_request *rq, ag_proto_error *e)
+{
+    int threads = srv_pool_cores_take(&srv->pool);
     j->threads = threads;
-    progress_ctx pc = {j, 0.0, rq.verify ? 0.5 : 1.0};
+    progress_ctx pc = {j, 0.0, rq->verify ? 0.5 : 1.0};
     ag_run_opts opts = {
         .threads = threads,
         .cancel = &j->cancel,
@@ -224,65 +193,80 @@ void compute_job(server *srv, job *j)
         .progress_ctx = &pc,
         .cost = &srv->cost,
         .rank_ceiling = 0,
-        .want_output = (rq.return_mask & AG_RETURN_OUTPUT) != 0,
+        .want_output = (rq->return_mask & AG_RETURN_OUTPUT) != 0,
     };
     uint64_t t1 = uv_hrtime();
-    ag_result res, ref;
+    ag_result res;
     memset(&res, 0, sizeof res);
-    memset(&ref, 0, sizeof ref);
     ag_error err;
     memset(&err, 0, sizeof err);
     ag_verification ver = {0, NULL};
-    int ok;
+    int rc = 0;
     if (fault_alloc_now(srv)) {
         ag_error_set(&err, AG_ERR_NOMEM, "", "out of memory for the job's workspace (injected "
                      "by ALTGRAD_FAULT_ALLOC_FAIL)");
-        ok = 0;
-    } else {
-        ok = ag_gradients(&rq.cfg, rq.layers, rq.input, rq.batch, rq.n, &rq.loss, &rq.method,
-                          &opts, &res, &err) == AG_OK;
+        rc = core_error(srv, j, &err, e);
+    } else if (ag_gradients(&rq->cfg, rq->layers, rq->input, rq->batch, rq->n, &rq->loss,
+                            &rq->method, &opts, &res, &err) != AG_OK) {
+        rc = core_error(srv, j, &err, e);
     }
-    if (!ok) fail_core(srv, j, &err);
-    if (ok && rq.verify && all_heads_exact(&res)) {
-        /* Nothing was approximated: the exact run would repeat this one bit for bit (the core
-         * is deterministic whatever its thread count), so its errors are zero. */
-        ok = verification_zero(&rq, &ver) == 0;
-        if (!ok) compute_fail(j, 500, "out_of_memory", "out of memory for the verification");
-    } else if (ok && rq.verify) {
-        pc.base = 0.5;
-        opts.want_output = 0;
-        ok = ag_gradients(&rq.cfg, rq.layers, rq.input, rq.batch, rq.n, &rq.loss, &exact, &opts,
-                          &ref, &err) == AG_OK;
-        if (!ok) fail_core(srv, j, &err);
-        if (ok && verification_fill(&rq, &res, &ref, &ver) != 0) {
-            compute_fail(j, 500, "out_of_memory", "out of memory for the verification");
-            ok = 0;
-        }
-        ag_result_free(&ref);
-    }
-    pool_cores_give(&srv->pool, threads);
+    if (rc == 0 && rq->verify) rc = verify(srv, j, rq, &opts, &pc, &res, &ver, e);
+    srv_pool_cores_give(&srv->pool, threads);
     j->compute_s = seconds_since(t1);
-
-    if (ok) {
-        uint64_t t2 = uv_hrtime();
-        ag_timing timing = {j->decode_s * 1e3, j->compute_s * 1e3, 0.0};
-        size_t len = 0;
-        char *body = ag_response_encode(&rq, &res, rq.verify ? &ver : NULL, &timing, &len);
-        j->encode_s = seconds_since(t2);
-        if (body) body = patch_encode_ms(body, &len, j->encode_s * 1e3);
-        if (!body) {
-            compute_fail(j, 500, "out_of_memory", "out of memory while encoding the response");
-        } else {
-            free(j->out);
-            j->out = body;
-            j->out_len = len;
-            j->http_status = 200;
-            atomic_store(&j->progress_ppm, 1000000u);
-        }
-    }
+    if (rc == 0) rc = encode(j, rq, &res, rq->verify ? &ver : NULL, e);
     free(ver.layers);
     ag_result_free(&res);
+    return rc;
+}
+
+/* The whole worker side: 0 with j's response body in j->out, or -1 with e. */
+static int run(server *srv, srv_job *j, ag_proto_error *e)
+{
+    j->t_started = uv_hrtime();
+    int expected = SRV_JOB_QUEUED;
+    if (!atomic_compare_exchange_strong(&j->state, &expected, SRV_JOB_RUNNING) ||
+        atomic_load(&j->cancel)) {
+        release_body(srv, j);
+        return cancelled_error(srv, j, e);
+    }
+
+    /* Decode here, not on the loop: a large JSON body takes seconds. */
+    uint64_t t0 = uv_hrtime();
+    ag_request rq;
+    int drc = ag_request_decode(j->body, j->body_len, &srv->limits, &rq, e);
+    release_body(srv, j);
+    j->decode_s = seconds_since(t0);
+    if (drc != 0) {
+        if (e->http_status < 400 || e->http_status > 599) e->http_status = 400;
+        return -1;
+    }
+    j->method_kind = (int)rq.method.kind;
+
+    ag_method exact = ag_method_default(AG_METHOD_EXACT);
+    size_t ws = ag_gradients_workspace_bytes(&rq.cfg, rq.batch, rq.n, &rq.method);
+    if (rq.verify) ws = sat_add(ws, ag_gradients_workspace_bytes(&rq.cfg, rq.batch, rq.n, &exact));
+    srv_charge workspace = {SRV_MEM_WORKSPACE, 0};
+    int mrc = ws == SIZE_MAX ? -2 : srv_budget_wait(&srv->budget, &workspace, SRV_MEM_WORKSPACE,
+                                                    ws, &j->cancel, j->deadline);
+    int rc;
+    if (mrc == -2) {
+        rc = ag_proto_fail(e, 413, "too_large", "", "the job needs %zu bytes of workspace; this "
+                           "server allows %zu (--memory-limit)", ws, srv->budget.limit);
+    } else if (mrc != 0) {
+        int none = SRV_CANCEL_NONE; /* unless cancelled, the deadline passed while waiting */
+        atomic_compare_exchange_strong(&j->cancel_why, &none, SRV_CANCEL_TIMEOUT);
+        rc = cancelled_error(srv, j, e);
+    } else {
+        rc = compute(srv, j, &rq, e);
+    }
     ag_request_free(&rq);
-    pool_mem_release(&srv->pool, j->workspace_bytes);
-    j->workspace_bytes = 0;
+    srv_budget_release(&srv->budget, &workspace);
+    return rc;
+}
+
+void compute_job(server *srv, srv_job *j)
+{
+    ag_proto_error e;
+    memset(&e, 0, sizeof e);
+    if (run(srv, j, &e) != 0) set_error(j, &e);
 }

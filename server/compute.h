@@ -1,26 +1,21 @@
 /* The worker side of a job: decode -> memory and cores -> ag_gradients (-> exact again for
- * verify) -> encode. Runs on a pool thread; touches only the job and the thread-safe parts of
- * the server (pool budgets, read-only limits and cost model). */
+ * verify) -> encode. Runs on a pool thread (jobrun.c's work function); touches only its job
+ * (as jobs.h allows), the pool's cores and the budget (each locks itself) and the server's
+ * read-only fields (limits, cost model, config). */
 #ifndef ALTGRAD_SERVER_COMPUTE_H
 #define ALTGRAD_SERVER_COMPUTE_H
 
 struct server;
-struct job;
+struct srv_job;
 
-/* Fills j->http_status and j->out (the response body, or an error body with j->error set);
- * frees j->body. Never fails silently: every path leaves a status and, memory permitting, a
+/* Worker thread. Fills j->http_status and j->out (the response body, or an error body with
+ * j->error set); frees j->body and releases its charge; charges the core's workspace while
+ * it runs. Never fails silently: every path leaves a status and, memory permitting, a
  * body. */
-void compute_job(struct server *srv, struct job *j);
+void compute_job(struct server *srv, struct srv_job *j);
 
 /* Loop thread: the job was taken off the queue before it ran. Frees its body and sets the
  * error that matches why it was cancelled. */
-void compute_job_skipped(struct server *srv, struct job *j);
-
-/* Sets j's error (status, code, message; field "") and renders its body. */
-void compute_fail(struct job *j, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-/* Sets the error matching j's cancel reason (timeout 504, shutdown 503, user 409). */
-void compute_fail_cancelled(struct server *srv, struct job *j);
+void compute_job_skipped(struct server *srv, struct srv_job *j);
 
 #endif

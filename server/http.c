@@ -4,8 +4,10 @@
  *     go round again (http_pump);
  *   - a resumed connection only moves when MHD runs again (0.9.75 does not wake itself), so
  *     every resume is followed by http_pump.
- * Everything here runs on the loop thread. */
+ * Everything here runs on the loop thread. Requests reach their users only through the
+ * http_handlers given to http_start. */
 #include <arpa/inet.h>
+#include <jansson.h>
 #include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,6 +20,7 @@
 
 #include "http.h"
 #include "log.h"
+#include "server.h"
 
 /* ---- the loop glue --------------------------------------------------------------------- */
 
@@ -25,24 +28,24 @@ static void on_mhd_timer(uv_timer_t *t);
 
 void http_pump(server *srv)
 {
-    if (!srv->mhd || srv->stopped) return;
-    if (srv->in_mhd_run) {
-        srv->mhd_run_again = 1;
+    if (!srv->http.mhd || srv->http.stopped) return;
+    if (srv->http.in_mhd_run) {
+        srv->http.mhd_run_again = 1;
         return;
     }
-    srv->in_mhd_run = 1;
+    srv->http.in_mhd_run = 1;
     do {
-        srv->mhd_run_again = 0;
-        MHD_run(srv->mhd);
-    } while (srv->mhd_run_again && !srv->stopped);
-    srv->in_mhd_run = 0;
-    if (srv->stopped) return;
+        srv->http.mhd_run_again = 0;
+        MHD_run(srv->http.mhd);
+    } while (srv->http.mhd_run_again && !srv->http.stopped);
+    srv->http.in_mhd_run = 0;
+    if (srv->http.stopped) return;
     MHD_UNSIGNED_LONG_LONG to;
-    if (MHD_get_timeout(srv->mhd, &to) == MHD_YES) {
+    if (MHD_get_timeout(srv->http.mhd, &to) == MHD_YES) {
         /* 0 means data is already pending (edge-triggered epoll inside MHD): run again soon. */
-        uv_timer_start(&srv->mhd_timer, on_mhd_timer, (uint64_t)to, 0);
+        uv_timer_start(&srv->http.mhd_timer, on_mhd_timer, (uint64_t)to, 0);
     } else {
-        uv_timer_stop(&srv->mhd_timer);
+        uv_timer_stop(&srv->http.mhd_timer);
     }
 }
 
@@ -89,18 +92,18 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         if (!hc) return; /* untracked: left to the idle timeout */
         hc->fd = ci->connect_fd;
         hc->since = uv_hrtime();
-        hc->next = srv->conns;
-        if (srv->conns) srv->conns->prev = hc;
-        srv->conns = hc;
+        hc->next = srv->http.conns;
+        if (srv->http.conns) srv->http.conns->prev = hc;
+        srv->http.conns = hc;
         *socket_context = hc;
     } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
         /* A freed slot: at --max-connections libmicrohttpd 0.9.75 took its listening socket
          * out of its epoll set and puts it back only at the start of a later MHD_run, which
          * nothing would trigger once no connection is left. Run it again now. */
-        srv->mhd_run_again = 1;
+        srv->http.mhd_run_again = 1;
         if (!hc) return;
         if (hc->prev) hc->prev->next = hc->next;
-        else srv->conns = hc->next;
+        else srv->http.conns = hc->next;
         if (hc->next) hc->next->prev = hc->prev;
         free(hc);
         *socket_context = NULL;
@@ -127,9 +130,9 @@ static uint64_t conn_deadline(const server *srv, const struct http_conn *hc)
 
 void http_sweep(server *srv, uint64_t now)
 {
-    if (!srv->mhd || srv->stopped) return;
+    if (!srv->http.mhd || srv->http.stopped) return;
     size_t n_head = 0, n_body = 0;
-    for (struct http_conn *hc = srv->conns; hc; hc = hc->next) {
+    for (struct http_conn *hc = srv->http.conns; hc; hc = hc->next) {
         if (hc->cut || now <= conn_deadline(srv, hc)) continue;
         /* libmicrohttpd has no call to close a connection; a shut-down socket reads as end of
          * input on its next event, and it closes the connection itself. */
@@ -153,8 +156,8 @@ void http_sweep(server *srv, uint64_t now)
 
 size_t http_connections(server *srv)
 {
-    if (!srv->mhd) return 0;
-    const union MHD_DaemonInfo *i = MHD_get_daemon_info(srv->mhd,
+    if (!srv->http.mhd) return 0;
+    const union MHD_DaemonInfo *i = MHD_get_daemon_info(srv->http.mhd,
                                                         MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
     return i ? i->num_connections : 0;
 }
@@ -200,7 +203,7 @@ static int deliver(http_req *r, int status, const char *content_type,
             r->pending = NULL;
             r->pending_status = -1;
             r->is_suspended = 0;
-            r->srv->suspended--;
+            r->srv->http.suspended--;
             MHD_resume_connection(r->conn);
             http_pump(r->srv);
         }
@@ -211,7 +214,7 @@ static int deliver(http_req *r, int status, const char *content_type,
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     for (int i = 0; i < r->n_extra; i++)
         MHD_add_response_header(resp, r->extra[i].name, r->extra[i].value);
-    if (r->srv->draining) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    if (r->srv->http.quiesced) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     r->status = status;
     r->bytes_out = len;
     r->responded = 1;
@@ -226,7 +229,7 @@ static int deliver(http_req *r, int status, const char *content_type,
         r->pending = resp;
         r->pending_status = status;
         r->is_suspended = 0;
-        r->srv->suspended--;
+        r->srv->http.suspended--;
         MHD_resume_connection(r->conn);
         http_pump(r->srv);
         return 0;
@@ -263,38 +266,35 @@ int http_reply_blob(http_req *r, int status, const char *content_type, srv_blob 
     return deliver(r, status, content_type, resp, blob->len);
 }
 
-int http_reply_proto_error(http_req *r, const ag_proto_error *e)
+int http_reply_out_of_memory(http_req *r)
+{
+    static const char oom[] =
+        "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"out of memory\",\"field\":\"\"}}";
+    return http_reply(r, 500, "application/json", (char *)oom, sizeof oom - 1, 0);
+}
+
+int http_reply_json(http_req *r, int status, json_t *obj)
+{
+    if (!obj) return http_reply_out_of_memory(r);
+    char *s = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(9));
+    json_decref(obj);
+    if (!s) return http_reply_out_of_memory(r);
+    return http_reply(r, status, "application/json", s, strlen(s), 1);
+}
+
+int http_reply_error(http_req *r, const ag_proto_error *e)
 {
     size_t len = 0;
     char *body = ag_error_encode(e, &len);
-    if (!body) {
-        static const char oom[] =
-            "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"out of memory\",\"field\":\"\"}}";
-        return http_reply(r, 500, "application/json", (char *)oom, sizeof oom - 1, 0);
-    }
+    if (!body) return http_reply_out_of_memory(r);
     return http_reply(r, e->http_status, "application/json", body, len, 1);
-}
-
-int http_reply_error(http_req *r, int status, const char *code, const char *field,
-                     const char *fmt, ...)
-{
-    ag_proto_error e;
-    memset(&e, 0, sizeof e);
-    e.http_status = status;
-    snprintf(e.code, sizeof e.code, "%s", code);
-    snprintf(e.field, sizeof e.field, "%s", field ? field : "");
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e.message, sizeof e.message, fmt, ap);
-    va_end(ap);
-    return http_reply_proto_error(r, &e);
 }
 
 void http_suspend(http_req *r)
 {
     MHD_suspend_connection(r->conn);
     r->is_suspended = 1;
-    r->srv->suspended++;
+    r->srv->http.suspended++;
 }
 
 const char *http_header(http_req *r, const char *name)
@@ -304,12 +304,17 @@ const char *http_header(http_req *r, const char *name)
 
 /* ---- the request lifecycle ------------------------------------------------------------- */
 
+static const char *const method_names[HTTP_METHODS] = {"GET", "HEAD", "POST", "PUT", "DELETE"};
+
+const char *http_method_name(http_method m)
+{
+    return m >= 0 && m < HTTP_METHODS ? method_names[m] : NULL;
+}
+
 static http_method method_of(const char *m)
 {
-    if (strcmp(m, "GET") == 0) return HM_GET;
-    if (strcmp(m, "HEAD") == 0) return HM_HEAD;
-    if (strcmp(m, "POST") == 0) return HM_POST;
-    if (strcmp(m, "DELETE") == 0) return HM_DELETE;
+    for (int i = 0; i < HTTP_METHODS; i++)
+        if (strcmp(m, method_names[i]) == 0) return (http_method)i;
     return HM_OTHER;
 }
 
@@ -333,7 +338,7 @@ static void set_request_id(http_req *r)
     server *srv = r->srv;
     snprintf(r->request_id, sizeof r->request_id, "%08x%08llx",
              (unsigned)(srv->started_ns & 0xffffffffu),
-             (unsigned long long)++srv->request_seq);
+             (unsigned long long)++srv->http.request_seq);
 }
 
 static void set_remote(http_req *r)
@@ -359,7 +364,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     server *srv = cls;
     http_req *r = *con_cls;
     if (!r) {
-        r = calloc(1, sizeof *r);
+        r = calloc(1, srv->http.handlers->request_size);
         if (!r) return MHD_NO; /* out of memory: drop this connection, keep the others */
         *con_cls = r;
         struct http_conn *hc = conn_of(c);
@@ -372,16 +377,14 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         r->srv = srv;
         r->conn = c;
         r->t_start = uv_hrtime();
-        r->token = -1;
         r->method = method_of(method);
         snprintf(r->method_s, sizeof r->method_s, "%s", method);
         snprintf(r->path, sizeof r->path, "%s", url);
-        r->route = ROUTE_OTHER;
-        srv->active_requests++;
+        srv->http.active_requests++;
         set_request_id(r);
         set_remote(r);
         r->in_begin = 1;
-        routes_begin(r, url);
+        srv->http.handlers->begin(r, url);
         r->in_begin = 0;
         return MHD_YES;
     }
@@ -391,8 +394,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         if (r->drain_body) {
             r->bytes_in += *upload_size;
             if (r->bytes_in > HTTP_DRAIN_MAX) return MHD_NO; /* endless chunked body */
-        } else if (!r->responded && routes_body(r, upload_data, *upload_size) != 0) {
-            return MHD_NO;
+        } else if (!r->responded) {
+            r->bytes_in += *upload_size;
+            if (srv->http.handlers->body(r, upload_data, *upload_size) != 0) return MHD_NO;
         }
         *upload_size = 0;
         return MHD_YES;
@@ -408,10 +412,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     }
     if (r->pending_status == -1) return MHD_NO; /* resumed without a response: close */
     if (r->responded || r->is_suspended) return MHD_YES;
-    routes_complete(r);
+    srv->http.handlers->complete(r);
     if (!r->responded && !r->is_suspended) {
         /* Every path answers or suspends; anything else would spin MHD on this request. */
-        http_reply_error(r, 500, "internal", "", "request was neither answered nor queued");
+        ag_proto_error e;
+        ag_proto_fail(&e, 500, "internal", "", "request was neither answered nor queued");
+        http_reply_error(r, &e);
     }
     return (r->responded || r->is_suspended) && r->pending_status != -1 ? MHD_YES : MHD_NO;
 }
@@ -444,15 +450,15 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     *con_cls = NULL;
     double secs = (double)(uv_hrtime() - r->t_start) / 1e9;
     int status = r->responded ? r->status : 0;
-    srv_metrics_request(&srv->metrics, r->route, status, secs, r->bytes_in,
-                        toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? r->bytes_out : 0);
     srv_access_entry e = {r->method_s, r->path, status, r->bytes_in, r->bytes_out, secs * 1e3,
                           r->request_id, r->remote, toe_note(toe)};
     srv_log_access(&e);
     if (r->pending) MHD_destroy_response(r->pending);
-    if (r->is_suspended) srv->suspended--; /* only at MHD_stop_daemon, which we avoid */
-    routes_end(r);
-    srv->active_requests--;
+    if (r->is_suspended) srv->http.suspended--; /* only at MHD_stop_daemon, which we avoid */
+    http_outcome o = {status, secs, r->bytes_in,
+                      toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? r->bytes_out : 0};
+    srv->http.handlers->end(r, &o);
+    srv->http.active_requests--;
     free(r);
 }
 
@@ -539,8 +545,10 @@ static int resolve_listen(const char *spec, struct sockaddr_storage *ss, int *is
     return 0;
 }
 
-int http_start(server *srv, const char *tls_cert_pem, const char *tls_key_pem)
+int http_start(server *srv, const http_handlers *h, const char *tls_cert_pem,
+               const char *tls_key_pem)
 {
+    srv->http.handlers = h;
     struct sockaddr_storage ss;
     int v6 = 0;
     if (resolve_listen(srv->cfg.listen, &ss, &v6) != 0) {
@@ -564,7 +572,7 @@ int http_start(server *srv, const char *tls_cert_pem, const char *tls_key_pem)
     const unsigned conn_limit = (unsigned)srv->cfg.max_connections;
     const unsigned per_ip = (unsigned)srv->cfg.max_connections_per_ip;
     if (tls_cert_pem) {
-        srv->mhd = MHD_start_daemon(
+        srv->http.mhd = MHD_start_daemon(
             flags, 0, NULL, NULL, on_access, srv, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, srv,
             MHD_OPTION_UNESCAPE_CALLBACK, unescape_uri, NULL,
             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
@@ -576,7 +584,7 @@ int http_start(server *srv, const char *tls_cert_pem, const char *tls_key_pem)
             MHD_OPTION_HTTPS_MEM_CERT,
             tls_cert_pem, MHD_OPTION_HTTPS_MEM_KEY, tls_key_pem, MHD_OPTION_END);
     } else {
-        srv->mhd = MHD_start_daemon(
+        srv->http.mhd = MHD_start_daemon(
             flags, 0, NULL, NULL, on_access, srv, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, srv,
             MHD_OPTION_UNESCAPE_CALLBACK, unescape_uri, NULL,
             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
@@ -586,51 +594,45 @@ int http_start(server *srv, const char *tls_cert_pem, const char *tls_key_pem)
             (unsigned)511, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
             MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_END);
     }
-    if (!srv->mhd) {
+    if (!srv->http.mhd) {
         srv_log("error", "cannot listen on %s (address in use, or not allowed?)",
                 srv->cfg.listen);
         return -1;
     }
-    srv->tls = tls_cert_pem != NULL;
-    const union MHD_DaemonInfo *pi = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    srv->port = pi ? pi->port : 0;
-    const union MHD_DaemonInfo *ei = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_EPOLL_FD);
-    if (!ei || uv_poll_init(srv->loop, &srv->mhd_poll, ei->epoll_fd) != 0) {
+    srv->http.tls = tls_cert_pem != NULL;
+    const union MHD_DaemonInfo *pi = MHD_get_daemon_info(srv->http.mhd, MHD_DAEMON_INFO_BIND_PORT);
+    srv->http.port = pi ? pi->port : 0;
+    const union MHD_DaemonInfo *ei = MHD_get_daemon_info(srv->http.mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!ei || uv_poll_init(srv->loop, &srv->http.mhd_poll, ei->epoll_fd) != 0) {
         srv_log("error", "cannot watch libmicrohttpd's epoll fd");
-        MHD_stop_daemon(srv->mhd);
-        srv->mhd = NULL;
+        MHD_stop_daemon(srv->http.mhd);
+        srv->http.mhd = NULL;
         return -1;
     }
-    srv->mhd_poll.data = srv;
-    uv_timer_init(srv->loop, &srv->mhd_timer);
-    srv->mhd_timer.data = srv;
-    srv->handles_open += 2;
-    uv_poll_start(&srv->mhd_poll, UV_READABLE, on_mhd_io);
+    srv->http.mhd_poll.data = srv;
+    uv_timer_init(srv->loop, &srv->http.mhd_timer);
+    srv->http.mhd_timer.data = srv;
+    uv_poll_start(&srv->http.mhd_poll, UV_READABLE, on_mhd_io);
     http_pump(srv);
     return 0;
 }
 
 void http_quiesce(server *srv)
 {
-    if (!srv->mhd) return;
-    MHD_socket fd = MHD_quiesce_daemon(srv->mhd);
+    if (!srv->http.mhd) return;
+    srv->http.quiesced = 1;
+    MHD_socket fd = MHD_quiesce_daemon(srv->http.mhd);
     if (fd != MHD_INVALID_SOCKET) close(fd);
     http_pump(srv);
 }
 
-static void on_handle_closed(uv_handle_t *h)
-{
-    server *srv = h->data;
-    srv->handles_open--;
-}
-
 void http_stop(server *srv)
 {
-    if (!srv->mhd) return;
+    if (!srv->http.mhd) return;
     /* uv stops polling the epoll fd here, before MHD closes it. */
-    uv_close((uv_handle_t *)&srv->mhd_poll, on_handle_closed);
-    uv_close((uv_handle_t *)&srv->mhd_timer, on_handle_closed);
-    srv->stopped = 1;
-    MHD_stop_daemon(srv->mhd);
-    srv->mhd = NULL;
+    uv_close((uv_handle_t *)&srv->http.mhd_poll, NULL);
+    uv_close((uv_handle_t *)&srv->http.mhd_timer, NULL);
+    srv->http.stopped = 1;
+    MHD_stop_daemon(srv->http.mhd);
+    srv->http.mhd = NULL;
 }

@@ -31,12 +31,13 @@ void srv_blob_unref(srv_blob *b)
     free(b);
 }
 
-int job_table_init(job_table *t, size_t nbuckets)
+int srv_job_table_init(srv_job_table *t, size_t nbuckets, srv_budget *budget)
 {
     memset(t, 0, sizeof *t);
     t->buckets = calloc(nbuckets, sizeof *t->buckets);
     if (!t->buckets) return -1;
     t->nbuckets = nbuckets;
+    t->budget = budget;
     return 0;
 }
 
@@ -47,15 +48,15 @@ static size_t hash_id(const char *id, size_t nbuckets)
     return (size_t)(h % nbuckets);
 }
 
-job *job_new(job_table *t)
+srv_job *srv_job_new(srv_job_table *t)
 {
-    job *j = calloc(1, sizeof *j);
+    srv_job *j = calloc(1, sizeof *j);
     if (!j) return NULL;
     j->owner = -1;
     j->method_kind = -1;
-    atomic_init(&j->state, JOB_QUEUED);
+    atomic_init(&j->state, SRV_JOB_QUEUED);
     atomic_init(&j->cancel, 0);
-    atomic_init(&j->cancel_why, CANCEL_NONE);
+    atomic_init(&j->cancel_why, SRV_CANCEL_NONE);
     atomic_init(&j->progress_ppm, 0);
     j->all_next = t->all;
     if (t->all) t->all->all_prev = j;
@@ -64,7 +65,7 @@ job *job_new(job_table *t)
     return j;
 }
 
-int job_register(job_table *t, job *j, const char *node_id)
+int srv_job_register(srv_job_table *t, srv_job *j, const char *node_id)
 {
     unsigned char rnd[16];
     size_t got = 0;
@@ -88,17 +89,17 @@ int job_register(job_table *t, job *j, const char *node_id)
     return 0;
 }
 
-job *job_find(const job_table *t, const char *id)
+srv_job *srv_job_find(const srv_job_table *t, const char *id)
 {
-    for (job *j = t->buckets[hash_id(id, t->nbuckets)]; j; j = j->hash_next)
+    for (srv_job *j = t->buckets[hash_id(id, t->nbuckets)]; j; j = j->hash_next)
         if (strcmp(j->id, id) == 0) return j;
     return NULL;
 }
 
-void job_destroy(job_table *t, job *j)
+void srv_job_destroy(srv_job_table *t, srv_job *j)
 {
     if (j->async && j->id[0]) {
-        job **pp = &t->buckets[hash_id(j->id, t->nbuckets)];
+        srv_job **pp = &t->buckets[hash_id(j->id, t->nbuckets)];
         while (*pp && *pp != j) pp = &(*pp)->hash_next;
         if (*pp) {
             *pp = j->hash_next;
@@ -110,31 +111,38 @@ void job_destroy(job_table *t, job *j)
     if (j->all_next) j->all_next->all_prev = j->all_prev;
     t->live--;
     free(j->body);
+    srv_budget_release(t->budget, &j->body_charge);
     free(j->out);
     srv_blob_unref(j->result);
+    srv_budget_release(t->budget, &j->result_charge);
     free(j);
 }
 
-void job_table_free(job_table *t)
+void srv_job_table_free(srv_job_table *t)
 {
-    while (t->all) job_destroy(t, t->all);
+    while (t->all) srv_job_destroy(t, t->all);
     free(t->buckets);
     memset(t, 0, sizeof *t);
 }
 
-const char *job_state_name(job_state s)
+void srv_job_url(const srv_job *j, const char *tail, char *out, size_t cap)
+{
+    snprintf(out, cap, "/v1/jobs/%s%s", j->id, tail);
+}
+
+const char *srv_job_state_name(srv_job_state s)
 {
     switch (s) {
-    case JOB_QUEUED: return "queued";
-    case JOB_RUNNING: return "running";
-    case JOB_DONE: return "done";
-    case JOB_FAILED: return "failed";
-    case JOB_CANCELLED: return "cancelled";
+    case SRV_JOB_QUEUED: return "queued";
+    case SRV_JOB_RUNNING: return "running";
+    case SRV_JOB_DONE: return "done";
+    case SRV_JOB_FAILED: return "failed";
+    case SRV_JOB_CANCELLED: return "cancelled";
     }
     return "unknown";
 }
 
-int job_state_terminal(job_state s)
+int srv_job_state_terminal(srv_job_state s)
 {
-    return s == JOB_DONE || s == JOB_FAILED || s == JOB_CANCELLED;
+    return s == SRV_JOB_DONE || s == SRV_JOB_FAILED || s == SRV_JOB_CANCELLED;
 }

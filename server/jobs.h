@@ -1,10 +1,16 @@
-/* Jobs: one per compute request, sync or async. The loop thread owns the table and every
- * field not marked atomic; a worker touches only the atomics and the fields it fills before
- * its after-callback runs (libuv orders the two).
+/* Jobs: one per compute request, sync or async, and the table of them.
  *
- * Lifetime: created by a route; freed by the loop thread when no worker holds it
- * (!in_flight) and, for an async job, once purged from the table (TTL, or shutdown); a sync
- * job is freed as soon as its response has been handed to its connection. */
+ * Threads: the loop thread owns the table and every job. While a job is in flight
+ * (work.in_flight) a worker (compute.c) also uses it: it reads the input and the request
+ * fields, fills the output fields, and changes the atomics, which the loop reads meanwhile
+ * (state, progress) or writes (cancel, by DELETE, the deadline or the drain). The loop reads
+ * the output only in the pool's done function, which libuv runs after the work function
+ * returned. Everything under "loop thread" is never touched by a worker.
+ *
+ * Lifetime: created by handle_compute.c; freed by the loop thread when no worker holds it
+ * (!work.in_flight) and, for an async job, once purged from the table (TTL, or shutdown); a
+ * sync job is freed as soon as its response has been handed to its connection. Freeing it
+ * releases the budget charges it still holds. */
 #ifndef ALTGRAD_SERVER_JOBS_H
 #define ALTGRAD_SERVER_JOBS_H
 
@@ -14,11 +20,24 @@
 #include <uv.h>
 
 #include "../proto/proto.h"
+#include "budget.h"
+#include "pool.h"
 
-typedef enum { JOB_QUEUED = 0, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_CANCELLED } job_state;
+typedef enum {
+    SRV_JOB_QUEUED = 0,
+    SRV_JOB_RUNNING,
+    SRV_JOB_DONE,
+    SRV_JOB_FAILED,
+    SRV_JOB_CANCELLED
+} srv_job_state;
 
 /* Why the cancel flag was raised. */
-typedef enum { CANCEL_NONE = 0, CANCEL_USER, CANCEL_TIMEOUT, CANCEL_SHUTDOWN } cancel_reason;
+typedef enum {
+    SRV_CANCEL_NONE = 0,
+    SRV_CANCEL_USER,
+    SRV_CANCEL_TIMEOUT,
+    SRV_CANCEL_SHUTDOWN
+} srv_cancel_reason;
 
 /* A response body shared by a stored job and the responses serving it (refcounted on the
  * loop thread: MHD frees responses there too). */
@@ -35,73 +54,86 @@ void srv_blob_ref(srv_blob *b);
 /* Drops one reference, freeing the blob and its data at zero; NULL-safe. */
 void srv_blob_unref(srv_blob *b);
 
-struct http_req;
+struct srv_request;
 
-#define JOB_ID_MAX 72 /* node id (31) + '-' + 32 hex + NUL, rounded up */
+#define SRV_JOB_ID_MAX 72 /* node id (31) + '-' + 32 hex + NUL, rounded up */
 
-typedef struct job {
-    char id[JOB_ID_MAX];     /* "" for sync jobs */
+typedef struct srv_job {
+    /* Set before it is submitted; read-only after. */
+    char id[SRV_JOB_ID_MAX]; /* "" for sync jobs */
     int async;
     int owner;               /* token index of the creator, -1 without auth */
-    _Atomic int state;       /* job_state */
-    atomic_int cancel;       /* the core's cancel flag */
-    _Atomic int cancel_why;  /* cancel_reason */
-    atomic_uint progress_ppm;/* progress in millionths, from the core's callback */
-    uv_work_t work;
-    void *srv;               /* struct server *, for the callbacks */
-    int in_flight;           /* submitted and its after-callback has not run yet */
+    uint64_t deadline;       /* ns, 0 = none */
+    struct server *srv;      /* for the pool's callbacks */
 
-    /* Input, consumed (freed) by the worker. */
+    /* Shared with the worker while in flight: atomics. */
+    _Atomic int state;       /* srv_job_state: the worker moves QUEUED -> RUNNING, DELETE any
+                                unfinished state -> CANCELLED, the loop sets the outcome */
+    atomic_int cancel;       /* the core's cancel flag */
+    _Atomic int cancel_why;  /* srv_cancel_reason; the first reason raised is kept */
+    atomic_uint progress_ppm;/* progress in millionths, from the core's callback */
+    srv_pool_item work;      /* the pool's; work.in_flight: submitted, done not yet run */
+
+    /* Input: the worker frees it (and releases its charge) once decoded. */
     char *body;
     size_t body_len;
-    size_t body_reserved;    /* bytes of the memory budget the body holds */
+    srv_charge body_charge;
 
-    /* Output, filled by the worker. */
+    /* Output: the worker's while in flight, the loop's after. */
     int http_status;         /* 200 or the error's status */
     char *out;               /* response body (success or error JSON) */
     size_t out_len;
     ag_proto_error error;    /* when http_status != 200 */
     int method_kind;         /* ag_method_kind of the request, -1 before decode */
-    size_t workspace_bytes;  /* reserved while running */
     int threads;             /* cores the core was given (0 when it did not run) */
     double decode_s, compute_s, encode_s;
 
-    /* Loop-thread bookkeeping. */
+    uint64_t t_started;      /* uv_hrtime() ns, when the worker took it; 0 if it never did */
+
+    /* Loop thread. */
     srv_blob *result;        /* stored body once finished (async) */
-    uint64_t t_created, t_started, t_finished; /* uv_hrtime() ns; t_started set by worker */
-    uint64_t deadline;       /* ns, 0 = none */
+    srv_charge result_charge;
+    uint64_t t_created, t_finished; /* uv_hrtime() ns */
     uint64_t expires;        /* ns, async: purge time once finished */
-    struct http_req *req;    /* sync: the suspended request waiting for this job */
-    struct job *all_prev, *all_next;   /* every live job */
-    struct job *hash_next;             /* async table chain */
-} job;
+    struct srv_request *req; /* sync: the suspended request waiting for this job */
+    struct srv_job *all_prev, *all_next; /* every live job */
+    struct srv_job *hash_next;           /* async table chain */
+} srv_job;
 
 typedef struct {
-    job **buckets;
+    srv_job **buckets;
     size_t nbuckets;
     size_t count;            /* async jobs in the table */
-    job *all;                /* every live job, sync and async */
+    srv_job *all;            /* every live job, sync and async */
     size_t live;
-} job_table;
+    srv_budget *budget;      /* where the jobs' charges are released */
+} srv_job_table;
 
-/* An empty table with nbuckets id chains; -1 on allocation failure. */
-int job_table_init(job_table *t, size_t nbuckets);
+/* An empty table with nbuckets id chains, whose jobs' charges belong to budget; -1 on
+ * allocation failure. */
+int srv_job_table_init(srv_job_table *t, size_t nbuckets, srv_budget *budget);
 /* Frees every job still held (none may be in flight). */
-void job_table_free(job_table *t);
+void srv_job_table_free(srv_job_table *t);
+
+#define SRV_JOB_URL_MAX (SRV_JOB_ID_MAX + 24)
+
+/* "/v1/jobs/<id>" followed by tail ("" or "/result") into out (cap >= SRV_JOB_URL_MAX). */
+void srv_job_url(const srv_job *j, const char *tail, char *out, size_t cap);
 
 /* A new job, linked into the all-jobs list (not into the id table). NULL on allocation
  * failure. */
-job *job_new(job_table *t);
+srv_job *srv_job_new(srv_job_table *t);
 /* Gives the job a fresh id (128 random bits from getrandom, hex; "NODE-" prefix when
  * node_id is set) and inserts it into the id table. -1 when no randomness is available. */
-int job_register(job_table *t, job *j, const char *node_id);
+int srv_job_register(srv_job_table *t, srv_job *j, const char *node_id);
 /* The async job with this id, or NULL. */
-job *job_find(const job_table *t, const char *id);
-/* Unlinks from both lists and frees (body, output, result ref). Must not be in flight. */
-void job_destroy(job_table *t, job *j);
+srv_job *srv_job_find(const srv_job_table *t, const char *id);
+/* Unlinks from both lists and frees (body, output, result ref), releasing what they are
+ * charged. Must not be in flight. */
+void srv_job_destroy(srv_job_table *t, srv_job *j);
 
-const char *job_state_name(job_state s);
+const char *srv_job_state_name(srv_job_state s);
 /* True for done, failed, cancelled. */
-int job_state_terminal(job_state s);
+int srv_job_state_terminal(srv_job_state s);
 
 #endif

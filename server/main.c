@@ -9,6 +9,7 @@
 
 #include "blas.h"
 #include "log.h"
+#include "routes.h"
 #include "server.h"
 #include "tls.h"
 
@@ -73,8 +74,8 @@ static int setup(server *srv, char **cert, char **key)
     srv_log("info", "cost model: exact %.3g s/flop, approx %.3g s/flop (%s)",
             srv->cost.exact_s_per_flop, srv->cost.approx_s_per_flop,
             srv->cfg.calibrate ? "calibrated" : "built-in");
-    if (pool_init(&srv->pool, srv->cfg.cores, srv->cfg.memory_limit) != 0) return -1;
-    if (job_table_init(&srv->jobs, 4096) != 0) return -1;
+    if (srv_budget_init(&srv->budget, srv->cfg.memory_limit) != 0) return -1;
+    if (srv_job_table_init(&srv->jobs, 4096, &srv->budget) != 0) return -1;
     return 0;
 }
 
@@ -110,34 +111,35 @@ int main(int argc, char **argv)
     if (setup(srv, &cert, &key) != 0) goto out_early;
     if (uv_loop_init(&loop) != 0) goto out_early;
     srv->loop = &loop;
+    if (srv_pool_init(&srv->pool, &loop, srv->cfg.cores) != 0) goto out_loop;
     srv->started_ns = uv_hrtime();
-    if (http_start(srv, cert, key) != 0) goto out_loop;
+    if (http_start(srv, srv_routes_init(srv), cert, key) != 0) goto out_loop;
     srv_tls_free_pem(cert);
     srv_tls_free_pem(key);
     cert = key = NULL;
-    if (srv->cfg.port_file[0] && write_port_file(srv->cfg.port_file, srv->port) != 0) {
+    if (srv->cfg.port_file[0] && write_port_file(srv->cfg.port_file, srv->http.port) != 0) {
         srv_log("error", "cannot write --port-file %s", srv->cfg.port_file);
         http_stop(srv);
         uv_run(&loop, UV_RUN_DEFAULT);
         goto out_loop;
     }
-    if (srv_housekeeping_start(srv) != 0) {
+    if (srv_lifecycle_start(srv) != 0) {
         srv_log("error", "cannot start timers and signal handlers");
         goto out_loop;
     }
     srv_log("info", "altgradd %s listening on %s://%s (port %u): workers %d, cores %d, "
             "queue %d, max body %zu, timeout %g s, job ttl %g s, memory limit %zu, auth %s",
-            ALTGRAD_VERSION, srv->tls ? "https" : "http", srv->cfg.listen, srv->port,
+            ALTGRAD_VERSION, srv->http.tls ? "https" : "http", srv->cfg.listen, srv->http.port,
             srv->cfg.workers, srv->cfg.cores, srv->cfg.queue, srv->cfg.max_body,
             srv->cfg.timeout_s, srv->cfg.job_ttl_s, srv->cfg.memory_limit,
             srv->auth.count ? "on" : "off");
 
     uv_run(&loop, UV_RUN_DEFAULT);
-    exit_code = srv->exit_code;
+    exit_code = 0;
     srv_log("info", "stopped");
 
 out_loop:
-    if (srv->mhd) {
+    if (srv->http.mhd) {
         http_stop(srv);
         uv_run(&loop, UV_RUN_DEFAULT);
     }
@@ -145,8 +147,9 @@ out_loop:
 out_early:
     srv_tls_free_pem(cert);
     srv_tls_free_pem(key);
-    job_table_free(&srv->jobs);
-    if (srv->pool.cores) pool_destroy(&srv->pool);
+    srv_job_table_free(&srv->jobs);
+    if (srv->pool.cores) srv_pool_destroy(&srv->pool);
+    if (srv->budget.limit) srv_budget_destroy(&srv->budget);
     srv_auth_free(&srv->auth);
     free(srv);
     return exit_code;

@@ -11,23 +11,20 @@ static const double bucket_le[HIST_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.0
                                                0.05,   0.1,   0.25,   0.5,   1,    2.5,
                                                5,      10,    60,     300};
 
-static const char *const route_labels[ROUTE_COUNT] = {
-    "/v1/gradients", "/v1/jobs", "/v1/jobs/{id}", "/v1/jobs/{id}/result", "/v1/info",
-    "/health/live",  "/health/ready", "/metrics", "other",
-};
-
 static const char *const method_labels[METHOD_LABELS] = {"exact", "approx", "auto"};
-static const char *const state_labels[JOB_OUTCOMES] = {"queued", "running", "done", "failed",
+static const char *const state_labels[SRV_JOB_OUTCOMES] = {"queued", "running", "done", "failed",
                                                        "cancelled"};
-
-const char *srv_route_label(srv_route r)
-{
-    return r >= 0 && r < ROUTE_COUNT ? route_labels[r] : "other";
-}
 
 void srv_metrics_init(srv_metrics *m)
 {
     memset(m, 0, sizeof *m);
+}
+
+int srv_metrics_add_route(srv_metrics *m, const char *label)
+{
+    if (m->n_routes == SRV_METRICS_ROUTES) return -1;
+    m->route_label[m->n_routes] = label;
+    return m->n_routes++;
 }
 
 void srv_histogram_observe(srv_histogram *h, double seconds)
@@ -40,10 +37,10 @@ void srv_histogram_observe(srv_histogram *h, double seconds)
     h->count++;
 }
 
-void srv_metrics_request(srv_metrics *m, srv_route r, int status, double seconds,
+void srv_metrics_request(srv_metrics *m, int r, int status, double seconds,
                          size_t bytes_in, size_t bytes_out)
 {
-    if (r < 0 || r >= ROUTE_COUNT) r = ROUTE_OTHER;
+    if (r < 0 || r >= m->n_routes) r = SRV_METRICS_OTHER;
     if (status < 0 || status >= STATUS_MAX) status = 0;
     m->requests[r][status]++;
     srv_histogram_observe(&m->latency[r], seconds);
@@ -112,6 +109,11 @@ static void histogram(sbuf *s, const char *name, const char *labels, const srv_h
     }
 }
 
+static const char *label_of(const srv_metrics *m, int r)
+{
+    return r < m->n_routes ? m->route_label[r] : "other";
+}
+
 static long resident_bytes(void)
 {
     FILE *f = fopen("/proc/self/statm", "r");
@@ -131,18 +133,21 @@ char *srv_metrics_render(const srv_metrics *m, const srv_gauges *g, size_t *len)
     add(&s, "altgrad_build_info{version=\"%s\"} 1\n", g->version);
 
     head(&s, "requests_total", "counter", "HTTP requests answered, by route and status.");
-    for (int r = 0; r < ROUTE_COUNT; r++)
+    for (int i = 0; i <= m->n_routes; i++) {
+        int r = i < m->n_routes ? i : SRV_METRICS_OTHER;
         for (int c = 0; c < STATUS_MAX; c++)
             if (m->requests[r][c])
                 add(&s, "altgrad_requests_total{route=\"%s\",status=\"%d\"} %llu\n",
-                    route_labels[r], c, (unsigned long long)m->requests[r][c]);
+                    label_of(m, r), c, (unsigned long long)m->requests[r][c]);
+    }
 
     head(&s, "request_duration_seconds", "histogram",
          "Time from the request's headers to the end of its response, by route.");
-    for (int r = 0; r < ROUTE_COUNT; r++) {
+    for (int i = 0; i <= m->n_routes; i++) {
+        int r = i < m->n_routes ? i : SRV_METRICS_OTHER;
         if (!m->latency[r].count) continue;
-        char l[64];
-        snprintf(l, sizeof l, "route=\"%s\"", route_labels[r]);
+        char l[160];
+        snprintf(l, sizeof l, "route=\"%s\"", label_of(m, r));
         histogram(&s, "request_duration_seconds", l, &m->latency[r]);
     }
 
@@ -168,12 +173,12 @@ char *srv_metrics_render(const srv_metrics *m, const srv_gauges *g, size_t *len)
     add(&s, "altgrad_jobs_accepted_total %llu\n", (unsigned long long)m->jobs_accepted);
 
     head(&s, "jobs_finished_total", "counter", "Jobs (sync and async) by final state.");
-    for (int i = 2; i < JOB_OUTCOMES; i++)
+    for (int i = 2; i < SRV_JOB_OUTCOMES; i++)
         add(&s, "altgrad_jobs_finished_total{state=\"%s\"} %llu\n", state_labels[i],
             (unsigned long long)m->jobs_finished[i]);
 
     head(&s, "jobs", "gauge", "Jobs held now (sync in flight and async kept), by state.");
-    for (int i = 0; i < JOB_OUTCOMES; i++)
+    for (int i = 0; i < SRV_JOB_OUTCOMES; i++)
         add(&s, "altgrad_jobs{state=\"%s\"} %zu\n", state_labels[i], g->jobs_by_state[i]);
 
     head(&s, "rejected_total", "counter", "Compute requests refused before running, by reason.");

@@ -1,39 +1,23 @@
-#include <errno.h>
-#include <time.h>
-#include <uv.h>
-
-#include "compute.h"
 #include "pool.h"
-#include "server.h"
 
-int pool_init(srv_pool *p, int cores, size_t mem_limit)
+int srv_pool_init(srv_pool *p, uv_loop_t *loop, int cores)
 {
     if (pthread_mutex_init(&p->mu, NULL) != 0) return -1;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(&p->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    if (rc != 0) {
-        pthread_mutex_destroy(&p->mu);
-        return -1;
-    }
+    p->loop = loop;
     p->cores = cores;
     p->free_cores = cores;
-    p->mem_limit = mem_limit;
-    p->mem_used = 0;
     atomic_init(&p->waiting, 0);
     atomic_init(&p->running, 0);
+    p->in_flight = 0;
     return 0;
 }
 
-void pool_destroy(srv_pool *p)
+void srv_pool_destroy(srv_pool *p)
 {
-    pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->mu);
 }
 
-int pool_cores_take(srv_pool *p)
+int srv_pool_cores_take(srv_pool *p)
 {
     pthread_mutex_lock(&p->mu);
     long take = p->free_cores > 1 ? p->free_cores : 1;
@@ -42,14 +26,14 @@ int pool_cores_take(srv_pool *p)
     return (int)take;
 }
 
-void pool_cores_give(srv_pool *p, int n)
+void srv_pool_cores_give(srv_pool *p, int n)
 {
     pthread_mutex_lock(&p->mu);
     p->free_cores += n;
     pthread_mutex_unlock(&p->mu);
 }
 
-long pool_free_cores(srv_pool *p)
+long srv_pool_free_cores(srv_pool *p)
 {
     pthread_mutex_lock(&p->mu);
     long f = p->free_cores;
@@ -57,117 +41,45 @@ long pool_free_cores(srv_pool *p)
     return f;
 }
 
-int pool_mem_fits(srv_pool *p, size_t bytes)
+static void on_work(uv_work_t *w)
 {
-    pthread_mutex_lock(&p->mu);
-    int ok = bytes <= p->mem_limit && p->mem_used <= p->mem_limit - bytes;
-    pthread_mutex_unlock(&p->mu);
-    return ok;
+    srv_pool_item *it = w->data;
+    srv_pool *p = it->pool;
+    atomic_fetch_sub(&p->waiting, 1);
+    atomic_fetch_add(&p->running, 1);
+    it->work(it);
+    atomic_fetch_sub(&p->running, 1);
 }
 
-int pool_mem_try(srv_pool *p, size_t bytes)
+static void on_done(uv_work_t *w, int status)
 {
-    pthread_mutex_lock(&p->mu);
-    int ok = bytes <= p->mem_limit && p->mem_used <= p->mem_limit - bytes;
-    if (ok) p->mem_used += bytes;
-    pthread_mutex_unlock(&p->mu);
-    return ok ? 0 : -1;
+    srv_pool_item *it = w->data;
+    srv_pool *p = it->pool;
+    int cancelled = status == UV_ECANCELED;
+    if (cancelled) atomic_fetch_sub(&p->waiting, 1); /* on_work never ran */
+    it->in_flight = 0;
+    p->in_flight--;
+    it->done(it, cancelled);
 }
 
-int pool_mem_wait(srv_pool *p, size_t bytes, const atomic_int *cancel, uint64_t deadline_ns)
+int srv_pool_submit(srv_pool *p, srv_pool_item *it, srv_work_fn *work, srv_done_fn *done)
 {
-    if (bytes > p->mem_limit) return -2;
-    pthread_mutex_lock(&p->mu);
-    int rc = 0;
-    while (p->mem_used > p->mem_limit - bytes) {
-        if (cancel && atomic_load(cancel)) {
-            rc = -1;
-            break;
-        }
-        uint64_t now = uv_hrtime();
-        if (deadline_ns && now >= deadline_ns) {
-            rc = -1;
-            break;
-        }
-        /* Wake at least every 50 ms to see the cancel flag (raised without this mutex). */
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += 50 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
-    }
-    if (rc == 0) p->mem_used += bytes;
-    pthread_mutex_unlock(&p->mu);
-    return rc;
-}
-
-void pool_mem_add(srv_pool *p, size_t bytes)
-{
-    pthread_mutex_lock(&p->mu);
-    p->mem_used = bytes > SIZE_MAX - p->mem_used ? SIZE_MAX : p->mem_used + bytes;
-    pthread_mutex_unlock(&p->mu);
-}
-
-void pool_mem_release(srv_pool *p, size_t bytes)
-{
-    if (!bytes) return;
-    pthread_mutex_lock(&p->mu);
-    p->mem_used = bytes > p->mem_used ? 0 : p->mem_used - bytes;
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-}
-
-size_t pool_mem_used(srv_pool *p)
-{
-    pthread_mutex_lock(&p->mu);
-    size_t u = p->mem_used;
-    pthread_mutex_unlock(&p->mu);
-    return u;
-}
-
-static void work_cb(uv_work_t *w)
-{
-    job *j = w->data;
-    server *srv = j->srv;
-    atomic_fetch_sub(&srv->pool.waiting, 1);
-    atomic_fetch_add(&srv->pool.running, 1);
-    compute_job(srv, j);
-    atomic_fetch_sub(&srv->pool.running, 1);
-}
-
-static void after_cb(uv_work_t *w, int status)
-{
-    job *j = w->data;
-    server *srv = j->srv;
-    if (status == UV_ECANCELED) {
-        /* Never started: its waiting count and its body are still ours to release. */
-        atomic_fetch_sub(&srv->pool.waiting, 1);
-        compute_job_skipped(srv, j);
-    }
-    j->in_flight = 0;
-    srv->in_flight--;
-    srv_job_finished(srv, j);
-}
-
-int pool_submit(server *srv, job *j)
-{
-    j->work.data = j;
-    j->srv = srv;
-    atomic_fetch_add(&srv->pool.waiting, 1);
-    int rc = uv_queue_work(srv->loop, &j->work, work_cb, after_cb);
+    it->pool = p;
+    it->work = work;
+    it->done = done;
+    it->req.data = it;
+    atomic_fetch_add(&p->waiting, 1);
+    int rc = uv_queue_work(p->loop, &it->req, on_work, on_done);
     if (rc != 0) {
-        atomic_fetch_sub(&srv->pool.waiting, 1);
+        atomic_fetch_sub(&p->waiting, 1);
         return rc;
     }
-    j->in_flight = 1;
-    srv->in_flight++;
+    it->in_flight = 1;
+    p->in_flight++;
     return 0;
 }
 
-int pool_cancel_queued(job *j)
+int srv_pool_cancel(srv_pool_item *it)
 {
-    return uv_cancel((uv_req_t *)&j->work) == 0 ? 0 : -1;
+    return uv_cancel((uv_req_t *)&it->req) == 0 ? 0 : -1;
 }

@@ -1,748 +1,189 @@
-/* Routing, the endpoint handlers of docs/api.md, the loop side of jobs, and housekeeping
- * (deadlines, TTL purge, graceful drain). Loop thread only. */
-#include <cblas.h>
-#include <jansson.h>
-#include <math.h>
-#include <signal.h>
+/* The route table and what every request goes through before its handler: the path's
+ * pattern (404), the method (405 with Allow), the bearer token (401). */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
-#include "compute.h"
-#include "http.h"
-#include "log.h"
+#include "body.h"
+#include "handlers.h"
+#include "routes.h"
+#include "server.h"
 
-#define SWEEP_MS 100
-#define DRAIN_GRACE_NS (2ull * 1000000000ull)   /* for requests still uploading past the drain */
-#define DRAIN_HARD_NS (60ull * 1000000000ull)   /* for jobs that never reach a checkpoint */
+enum { AUTH = 1, OPEN = 0 };
 
-static const char JSON[] = "application/json";
+/* The endpoints of docs/api.md. Order is the metrics' order; the first matching pattern
+ * wins. */
+static const srv_route routes[] = {
+    {"/v1/gradients", AUTH,
+     {[HM_POST] = {.handle = handle_gradients_begin, .complete = handle_compute_complete}}},
+    {"/v1/jobs", AUTH,
+     {[HM_POST] = {.handle = handle_jobs_begin, .complete = handle_compute_complete}}},
+    {"/v1/jobs/{id}", AUTH,
+     {[HM_GET] = {.handle = handle_job_get}, [HM_DELETE] = {.handle = handle_job_delete}}},
+    {"/v1/jobs/{id}/result", AUTH, {[HM_GET] = {.handle = handle_job_result}}},
+    {"/v1/info", AUTH, {[HM_GET] = {.handle = handle_info}}},
+    {"/health/live", OPEN, {[HM_GET] = {.handle = handle_live}}},
+    {"/health/ready", OPEN, {[HM_GET] = {.handle = handle_ready}}},
+    {"/metrics", OPEN, {[HM_GET] = {.handle = handle_metrics}}},
+};
+#define N_ROUTES ((int)(sizeof routes / sizeof routes[0]))
+_Static_assert(N_ROUTES <= SRV_METRICS_ROUTES, "more routes than metrics labels");
 
-static uint64_t ns_of(double seconds)
+/* ---- matching -------------------------------------------------------------------------- */
+
+static int param_char(char c)
 {
-    return seconds <= 0 ? 0 : (uint64_t)(seconds * 1e9);
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '_';
 }
 
-/* ---- small JSON replies ---------------------------------------------------------------- */
-
-static int reply_json(http_req *r, int status, json_t *obj)
+/* Whether url matches pattern; fills param[] with its {name} segments. */
+static int match_one(const char *pattern, const char *url, char param[][SRV_PARAM_MAX])
 {
-    if (!obj) return http_reply_error(r, 500, "out_of_memory", "", "out of memory");
-    char *s = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(9));
-    json_decref(obj);
-    if (!s) return http_reply_error(r, 500, "out_of_memory", "", "out of memory");
-    return http_reply(r, status, JSON, s, strlen(s), 1);
-}
-
-/* ---- capacity -------------------------------------------------------------------------- */
-
-static int at_capacity(server *srv)
-{
-    return srv->in_flight >= (size_t)srv->cfg.workers + (size_t)srv->cfg.queue;
-}
-
-static void reply_queue_full(http_req *r)
-{
-    r->srv->metrics.rejected_queue_full++;
-    http_add_header(r, "Retry-After", "1");
-    http_reply_error(r, 429, "queue_full", "",
-                     "the server has %d jobs running or queued, its limit (--workers %d + "
-                     "--queue %d); retry later", (int)r->srv->in_flight, r->srv->cfg.workers,
-                     r->srv->cfg.queue);
-}
-
-static void reply_draining(http_req *r)
-{
-    r->srv->metrics.rejected_draining++;
-    http_add_header(r, "Retry-After", "5");
-    http_reply_error(r, 503, "draining", "", "the server is shutting down and takes no new "
-                     "work");
-}
-
-/* ---- job views ------------------------------------------------------------------------- */
-
-static json_t *job_view(const job *j)
-{
-    job_state st = (job_state)atomic_load(&j->state);
-    double progress = st == JOB_DONE ? 1.0 : atomic_load(&j->progress_ppm) / 1e6;
-    char url[JOB_ID_MAX + 16];
-    snprintf(url, sizeof url, "/v1/jobs/%s", j->id);
-    json_t *o = json_pack("{s:s, s:s, s:f, s:s}", "id", j->id, "state", job_state_name(st),
-                          "progress", progress, "status_url", url);
-    if (!o) return NULL;
-    if (st == JOB_DONE) {
-        char rurl[JOB_ID_MAX + 24];
-        snprintf(rurl, sizeof rurl, "/v1/jobs/%s/result", j->id);
-        json_object_set_new(o, "result_url", json_string(rurl));
+    int np = 0;
+    const char *p = pattern, *u = url;
+    while (*p) {
+        if (*p != '{') {
+            if (*p++ != *u++) return 0;
+            continue;
+        }
+        const char *close = strchr(p, '}');
+        if (!close || np == SRV_ROUTE_PARAMS) return 0;
+        size_t n = 0;
+        while (u[n] && u[n] != '/') {
+            if (!param_char(u[n])) return 0;
+            n++;
+        }
+        if (n == 0 || n >= SRV_PARAM_MAX) return 0;
+        memcpy(param[np], u, n);
+        param[np++][n] = 0;
+        u += n;
+        p = close + 1;
     }
-    if (st == JOB_FAILED) {
-        json_t *e = json_pack("{s:s, s:s, s:s, s:i}", "code", j->error.code, "message",
-                              j->error.message, "field", j->error.field, "status",
-                              j->error.http_status);
-        if (e) json_object_set_new(o, "error", e);
-    }
-    return o;
+    return *u == 0;
 }
 
-/* Raises j's cancel flag; takes it off the queue when it has not started. */
-static void job_cancel(job *j, cancel_reason why)
+/* The row url matches, or -1. */
+static int match(const char *url, char param[][SRV_PARAM_MAX])
 {
-    int none = CANCEL_NONE;
-    atomic_compare_exchange_strong(&j->cancel_why, &none, (int)why);
-    atomic_store(&j->cancel, 1);
-    if (j->in_flight && atomic_load(&j->state) != JOB_RUNNING) pool_cancel_queued(j);
+    for (int i = 0; i < N_ROUTES; i++)
+        if (match_one(routes[i].pattern, url, param)) return i;
+    return -1;
 }
 
-/* ---- handlers -------------------------------------------------------------------------- */
-
-static void handle_info(http_req *r)
+/* The row's handler for method m (HEAD: GET's), or NULL. */
+static const srv_method_handler *handler_of(const srv_route *rt, http_method m)
 {
-    server *srv = r->srv;
-    const srv_config *c = &srv->cfg;
-    const ag_proto_limits *l = &srv->limits;
-    json_t *o = json_pack(
-        "{s:s, s:s, s:i, s:{s:I, s:i, s:i, s:f, s:f, s:i, s:I, s:i, s:I, s:I, s:i, s:i, s:i, "
-        "s:I, s:i}, s:{s:s, s:i, s:i}, s:[s,s,s], s:[s,s], s:[s,s], s:[s,s], s:i, s:i, "
-        "s:{s:f, s:f}, s:b, s:b, s:s}",
-        "name", "altgrad", "version", ALTGRAD_VERSION, "api_version", 1,
-        "limits",
-        "max_body_bytes", (json_int_t)c->max_body, "queue", c->queue, "max_jobs", c->max_jobs,
-        "timeout_s", c->timeout_s, "job_ttl_s", c->job_ttl_s, "max_connections",
-        c->max_connections, "memory_limit_bytes", (json_int_t)c->memory_limit,
-        "connection_timeout_s", (int)c->connection_timeout_s,
-        "max_elements", (json_int_t)l->max_elements, "max_tensor_elements",
-        (json_int_t)l->max_tensor_elements, "max_layers", l->max_layers, "max_d_model",
-        l->max_d_model, "max_d_ff", l->max_d_ff, "max_tokens", (json_int_t)l->max_tokens,
-        "max_degree", AG_MAX_DEGREE,
-        "blas", "config", openblas_get_config(), "threads", openblas_get_num_threads(),
-        "parallel", openblas_get_parallel(),
-        "methods", "exact", "approx", "auto",
-        "routes", "features", "paper",
-        "encodings", "json", "b64",
-        "dtypes", "float32", "float64",
-        "workers", c->workers, "cores", c->cores,
-        "cost_model", "exact_s_per_flop", srv->cost.exact_s_per_flop, "approx_s_per_flop",
-        srv->cost.approx_s_per_flop,
-        "tls", srv->tls, "auth", srv->auth.count > 0, "node_id", c->node_id);
-    reply_json(r, 200, o);
+    if (m == HM_HEAD) m = HM_GET;
+    if (m < 0 || m >= HTTP_METHODS || !rt->on[m].handle) return NULL;
+    return &rt->on[m];
 }
 
-static void handle_ready(http_req *r)
+/* "GET, HEAD, DELETE": the methods the row answers, for Allow and the 405 message. */
+static void allowed_methods(const srv_route *rt, char *out, size_t cap)
 {
-    server *srv = r->srv;
-    if (srv->draining) {
-        http_add_header(r, "Retry-After", "5");
-        http_reply_error(r, 503, "draining", "", "the server is shutting down");
-    } else if (at_capacity(srv)) {
-        http_add_header(r, "Retry-After", "1");
-        http_reply_error(r, 503, "queue_full", "", "the job queue is full");
-    } else {
-        reply_json(r, 200, json_pack("{s:s}", "status", "ready"));
-    }
-}
-
-static void handle_metrics(http_req *r)
-{
-    server *srv = r->srv;
-    srv_gauges g;
-    memset(&g, 0, sizeof g);
-    g.queue_depth = atomic_load(&srv->pool.waiting);
-    g.running = atomic_load(&srv->pool.running);
-    g.in_flight = srv->in_flight;
-    g.connections = http_connections(srv);
-    g.suspended = srv->suspended;
-    for (job *j = srv->jobs.all; j; j = j->all_next) {
-        int st = atomic_load(&j->state);
-        if (st >= 0 && st < JOB_OUTCOMES) g.jobs_by_state[st]++;
-    }
-    g.memory_used = pool_mem_used(&srv->pool);
-    g.memory_limit = srv->pool.mem_limit;
-    g.free_cores = pool_free_cores(&srv->pool);
-    g.workers = srv->cfg.workers;
-    g.cores = srv->cfg.cores;
-    g.draining = srv->draining;
-    g.uptime_s = (double)(uv_hrtime() - srv->started_ns) / 1e9;
-    g.version = ALTGRAD_VERSION;
     size_t len = 0;
-    char *text = srv_metrics_render(&srv->metrics, &g, &len);
-    if (!text) {
-        http_reply_error(r, 500, "out_of_memory", "", "out of memory");
-        return;
-    }
-    http_reply(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, 1);
-}
-
-/* The job named in the path, visible to this request's token; else answers 404. */
-static job *visible_job(http_req *r)
-{
-    job *j = job_find(&r->srv->jobs, r->job_id);
-    /* Another token's job is indistinguishable from a missing one. */
-    if (j && r->srv->auth.count > 0 && j->owner != r->token) j = NULL;
-    if (!j) http_reply_error(r, 404, "job_not_found", "id", "no job with this id");
-    return j;
-}
-
-static void handle_job_get(http_req *r)
-{
-    job *j = visible_job(r);
-    if (j) reply_json(r, 200, job_view(j));
-}
-
-static void handle_job_delete(http_req *r)
-{
-    job *j = visible_job(r);
-    if (!j) return;
-    int st = atomic_load(&j->state);
-    /* A finished job is left as it is; the cancel is a no-op (still 200, with its state). */
-    while (!job_state_terminal((job_state)st)) {
-        if (atomic_compare_exchange_weak(&j->state, &st, JOB_CANCELLED)) {
-            job_cancel(j, CANCEL_USER); /* its TTL starts when the worker lets go of it */
-            break;
-        }
-    }
-    reply_json(r, 200, job_view(j));
-}
-
-/* How many cores the job's core ran on (the threads policy, visible to callers). */
-static void add_threads_header(http_req *r, const job *j)
-{
-    if (j->threads <= 0) return;
-    char v[16];
-    snprintf(v, sizeof v, "%d", j->threads);
-    http_add_header(r, "X-Altgrad-Threads", v);
-}
-
-static void handle_job_result(http_req *r)
-{
-    job *j = visible_job(r);
-    if (!j) return;
-    job_state st = (job_state)atomic_load(&j->state);
-    if (st == JOB_CANCELLED) {
-        http_reply_error(r, 409, "cancelled", "id", "the job was cancelled; it has no result");
-    } else if (st == JOB_DONE || st == JOB_FAILED) {
-        add_threads_header(r, j);
-        if (j->result) http_reply_blob(r, j->http_status, JSON, j->result);
-        else http_reply_error(r, 500, "out_of_memory", "", "the job's result was lost");
-    } else {
-        http_add_header(r, "Retry-After", "1");
-        http_reply_error(r, 409, "not_ready", "id", "the job is %s; its result is not ready",
-                         job_state_name(st));
+    out[0] = 0;
+    for (int m = 0; m < HTTP_METHODS; m++) {
+        if (!handler_of(rt, (http_method)m)) continue;
+        int n = snprintf(out + len, cap - len, "%s%s", len ? ", " : "",
+                         http_method_name((http_method)m));
+        if (n < 0 || (size_t)n >= cap - len) return;
+        len += (size_t)n;
     }
 }
 
-/* ---- compute requests ------------------------------------------------------------------ */
+/* ---- dispatch -------------------------------------------------------------------------- */
 
-/* "application/json" with optional parameters ("; charset=utf-8"). */
-static int is_json_type(const char *ct)
+/* 404, 405, 401, then the handler (a body method's: the checks before the body is read). */
+static void dispatch(srv_request *q)
 {
-    if (!ct) return 0;
-    while (*ct == ' ' || *ct == '\t') ct++;
-    if (strncasecmp(ct, "application/json", 16) != 0) return 0;
-    const char *rest = ct + 16;
-    while (*rest == ' ' || *rest == '\t') rest++;
-    return *rest == '\0' || *rest == ';';
-}
-
-static void begin_compute(http_req *r)
-{
-    server *srv = r->srv;
-    const char *ct = http_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
-    if (!is_json_type(ct)) {
-        http_reply_error(r, 415, "unsupported_media_type", "Content-Type",
-                         "the body must be application/json, got %s", ct ? "another type"
-                                                                        : "no Content-Type");
+    server *srv = q->http.srv;
+    ag_proto_error e;
+    if (q->route < 0) {
+        ag_proto_fail(&e, 404, "not_found", "", "no such endpoint");
+        http_reply_error(&q->http, &e);
         return;
     }
-    const char *cl = http_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    r->content_length = (size_t)-1;
-    if (cl) {
-        char *end;
-        unsigned long long v = strtoull(cl, &end, 10);
-        if (end == cl || *end || cl[0] == '-') {
-            http_reply_error(r, 400, "invalid_request", "Content-Length",
-                             "invalid Content-Length");
-            return;
-        }
-        if (v > srv->cfg.max_body) {
-            srv->metrics.rejected_too_large++;
-            http_reply_error(r, 413, "too_large", "", "the body has %llu bytes; this server "
-                             "takes at most %zu (--max-body)", v, srv->cfg.max_body);
-            return;
-        }
-        r->content_length = (size_t)v;
-    }
-    if (srv->draining) {
-        reply_draining(r);
+    const srv_route *rt = &routes[q->route];
+    if (!q->handler) {
+        char allow[64];
+        allowed_methods(rt, allow, sizeof allow);
+        http_add_header(&q->http, MHD_HTTP_HEADER_ALLOW, allow);
+        ag_proto_fail(&e, 405, "method_not_allowed", "", "%s is not allowed here; use %s",
+                      q->http.method_s, allow);
+        http_reply_error(&q->http, &e);
         return;
     }
-    if (at_capacity(srv)) {
-        reply_queue_full(r);
-        return;
-    }
-    if (r->async && srv->jobs.count >= (size_t)srv->cfg.max_jobs) {
-        srv->metrics.rejected_queue_full++;
-        http_add_header(r, "Retry-After", "5");
-        http_reply_error(r, 429, "too_many_jobs", "", "the server holds %d async jobs, its "
-                         "limit (--max-jobs); retry later or fetch finished results",
-                         srv->cfg.max_jobs);
-        return;
-    }
-    if (r->content_length != (size_t)-1 && r->content_length > srv->pool.mem_limit) {
-        srv->metrics.rejected_too_large++;
-        http_reply_error(r, 413, "too_large", "", "the body has %zu bytes; this server's "
-                         "memory budget is %zu (--memory-limit)", r->content_length,
-                         srv->pool.mem_limit);
-        return;
-    }
-    /* Only a check: the buffer (and its reservation) grows as bytes arrive, so a client that
-     * declares a large body and sends nothing holds next to nothing. */
-    if (r->content_length != (size_t)-1 && !pool_mem_fits(&srv->pool, r->content_length)) {
-        srv->metrics.rejected_memory++;
-        http_add_header(r, "Retry-After", "1");
-        http_reply_error(r, 429, "server_busy", "", "the server's memory budget is in use "
-                         "(--memory-limit); retry later");
-        return;
-    }
-    r->wants_body = 1;
-}
-
-static void reject_body(http_req *r, int status, const char *code, const char *msg)
-{
-    if (r->reject_status) return;
-    r->reject_status = status;
-    snprintf(r->reject_code, sizeof r->reject_code, "%s", code);
-    snprintf(r->reject_msg, sizeof r->reject_msg, "%s", msg);
-    free(r->body);
-    r->body = NULL;
-    r->body_len = r->body_cap = 0;
-    pool_mem_release(&r->srv->pool, r->body_reserved);
-    r->body_reserved = 0;
-}
-
-int routes_body(http_req *r, const char *data, size_t len)
-{
-    server *srv = r->srv;
-    r->bytes_in += len;
-    if (!r->wants_body || r->reject_status) {
-        /* Discarding, so that the answer reaches the client; an endless body is cut. */
-        size_t cut = (size_t)64 << 20;
-        cut = srv->cfg.max_body > SIZE_MAX - cut ? SIZE_MAX : srv->cfg.max_body + cut;
-        return r->bytes_in > cut ? -1 : 0;
-    }
-    if (len > srv->cfg.max_body - r->body_len) {
-        srv->metrics.rejected_too_large++;
-        char msg[160];
-        snprintf(msg, sizeof msg, "the body is over %zu bytes (--max-body)", srv->cfg.max_body);
-        reject_body(r, 413, "too_large", msg);
-        return 0;
-    }
-    size_t need = r->body_len + len;
-    if (need > r->body_cap) {
-        /* Geometric growth up to the declared length (or --max-body when chunked). */
-        size_t top = r->content_length != (size_t)-1 && r->content_length >= need
-                         ? r->content_length : srv->cfg.max_body;
-        size_t cap = r->body_cap ? r->body_cap : 64 * 1024;
-        while (cap < need) cap = cap > top / 2 ? top : cap * 2;
-        if (cap > top) cap = top;
-        size_t more = cap - r->body_cap;
-        if (r->body_reserved + more > srv->pool.mem_limit) {
-            srv->metrics.rejected_too_large++;
-            reject_body(r, 413, "too_large", "the body is larger than this server's memory "
-                        "budget (--memory-limit)");
-            return 0;
-        }
-        if (pool_mem_try(&srv->pool, more) != 0) {
-            srv->metrics.rejected_memory++;
-            reject_body(r, 429, "server_busy", "the server's memory budget is in use "
-                        "(--memory-limit); retry later");
-            return 0;
-        }
-        r->body_reserved += more;
-        char *nb = realloc(r->body, cap + 1);
-        if (!nb) {
-            reject_body(r, 500, "out_of_memory", "out of memory for the body");
-            return 0;
-        }
-        r->body = nb;
-        r->body_cap = cap;
-    }
-    memcpy(r->body + r->body_len, data, len);
-    r->body_len += len;
-    return 0;
-}
-
-static void complete_compute(http_req *r)
-{
-    server *srv = r->srv;
-    if (r->reject_status) {
-        if (r->reject_status == 429) http_add_header(r, "Retry-After", "1");
-        http_reply_error(r, r->reject_status, r->reject_code, "", "%s", r->reject_msg);
-        return;
-    }
-    if (r->body_len == 0) {
-        http_reply_error(r, 400, "invalid_json", "", "the request body is empty");
-        return;
-    }
-    /* The state may have changed while the body was arriving. */
-    if (srv->draining) {
-        reply_draining(r);
-        return;
-    }
-    if (at_capacity(srv)) {
-        reply_queue_full(r);
-        return;
-    }
-    job *j = job_new(&srv->jobs);
-    if (!j) {
-        http_reply_error(r, 500, "out_of_memory", "", "out of memory for the job");
-        return;
-    }
-    r->body[r->body_len] = 0;
-    j->body = r->body;
-    j->body_len = r->body_len;
-    j->body_reserved = r->body_reserved;
-    r->body = NULL;
-    r->body_len = r->body_cap = r->body_reserved = 0;
-    j->owner = r->token;
-    j->t_created = uv_hrtime();
-    j->deadline = srv->cfg.timeout_s > 0 ? j->t_created + ns_of(srv->cfg.timeout_s) : 0;
-    if (r->async && job_register(&srv->jobs, j, srv->cfg.node_id) != 0) {
-        pool_mem_release(&srv->pool, j->body_reserved);
-        j->body_reserved = 0;
-        job_destroy(&srv->jobs, j);
-        http_reply_error(r, 500, "internal", "", "no randomness for a job id");
-        return;
-    }
-    if (!r->async) {
-        j->req = r;
-        r->job = j;
-    }
-    int rc = pool_submit(srv, j);
-    if (rc != 0) {
-        r->job = NULL;
-        pool_mem_release(&srv->pool, j->body_reserved);
-        j->body_reserved = 0;
-        job_destroy(&srv->jobs, j);
-        http_reply_error(r, 500, "internal", "", "cannot queue the job: %s", uv_strerror(rc));
-        return;
-    }
-    srv->metrics.jobs_accepted++;
-    if (r->async) {
-        char url[JOB_ID_MAX + 16];
-        snprintf(url, sizeof url, "/v1/jobs/%s", j->id);
-        http_add_header(r, MHD_HTTP_HEADER_LOCATION, url);
-        reply_json(r, 202, json_pack("{s:s, s:s, s:s}", "id", j->id, "status_url", url,
-                                     "state", "queued"));
-    } else {
-        http_suspend(r);
-    }
-}
-
-/* ---- routing --------------------------------------------------------------------------- */
-
-static const char *allowed_methods(srv_route route)
-{
-    switch (route) {
-    case ROUTE_GRADIENTS: case ROUTE_JOBS: return "POST";
-    case ROUTE_JOB: return "GET, HEAD, DELETE";
-    default: return "GET, HEAD";
-    }
-}
-
-static int method_allowed(srv_route route, http_method m)
-{
-    switch (route) {
-    case ROUTE_GRADIENTS: case ROUTE_JOBS: return m == HM_POST;
-    case ROUTE_JOB: return m == HM_GET || m == HM_HEAD || m == HM_DELETE;
-    default: return m == HM_GET || m == HM_HEAD;
-    }
-}
-
-/* Fills r->route (and r->job_id); ROUTE_OTHER when nothing matches. */
-static void match(http_req *r, const char *url)
-{
-    static const struct {
-        const char *path;
-        srv_route route;
-    } fixed[] = {
-        {"/v1/gradients", ROUTE_GRADIENTS}, {"/v1/jobs", ROUTE_JOBS},
-        {"/v1/info", ROUTE_INFO},           {"/health/live", ROUTE_LIVE},
-        {"/health/ready", ROUTE_READY},     {"/metrics", ROUTE_METRICS},
-    };
-    r->route = ROUTE_OTHER;
-    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
-        if (strcmp(url, fixed[i].path) == 0) {
-            r->route = fixed[i].route;
+    if (rt->auth && srv->auth.count > 0) {
+        q->token = srv_auth_check(&srv->auth,
+                                  http_header(&q->http, MHD_HTTP_HEADER_AUTHORIZATION));
+        if (q->token < 0) {
+            http_add_header(&q->http, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                            "Bearer realm=\"altgrad\"");
+            ag_proto_fail(&e, 401, "unauthorized", "Authorization",
+                          "a valid 'Authorization: Bearer <token>' header is required");
+            http_reply_error(&q->http, &e);
             return;
         }
     }
-    if (strncmp(url, "/v1/jobs/", 9) != 0) return;
-    const char *id = url + 9;
-    size_t n = 0;
-    while (id[n] && id[n] != '/') n++;
-    if (n == 0 || n >= JOB_ID_MAX) return;
-    /* Job ids are [NODE-]<32 hex>, NODE of [A-Za-z0-9_-] (--node-id): "..", "%2e%2e" (which
-     * libmicrohttpd has unescaped by now) and other path tricks are no id. */
-    for (size_t i = 0; i < n; i++) {
-        char c = id[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_'))
-            return;
-    }
-    if (id[n] == 0) r->route = ROUTE_JOB;
-    else if (strcmp(id + n, "/result") == 0) r->route = ROUTE_JOB_RESULT;
-    else return;
-    memcpy(r->job_id, id, n);
-    r->job_id[n] = 0;
+    q->handler->handle(q);
 }
 
-/* 404, 405, 401, then the handler (compute routes: the checks before reading the body). */
-static void dispatch(http_req *r)
-{
-    server *srv = r->srv;
-    if (r->route == ROUTE_OTHER) {
-        http_reply_error(r, 404, "not_found", "", "no such endpoint");
-        return;
-    }
-    if (!method_allowed(r->route, r->method)) {
-        http_add_header(r, MHD_HTTP_HEADER_ALLOW, allowed_methods(r->route));
-        http_reply_error(r, 405, "method_not_allowed", "", "%s is not allowed here; use %s",
-                         r->method_s, allowed_methods(r->route));
-        return;
-    }
-    int is_v1 = r->route <= ROUTE_INFO;
-    if (is_v1 && srv->auth.count > 0) {
-        r->token = srv_auth_check(&srv->auth, http_header(r, MHD_HTTP_HEADER_AUTHORIZATION));
-        if (r->token < 0) {
-            http_add_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"altgrad\"");
-            http_reply_error(r, 401, "unauthorized", "Authorization",
-                             "a valid 'Authorization: Bearer <token>' header is required");
-            return;
-        }
-    }
-    switch (r->route) {
-    case ROUTE_GRADIENTS: case ROUTE_JOBS:
-        r->async = r->route == ROUTE_JOBS;
-        begin_compute(r);
-        return;
-    case ROUTE_JOB:
-        if (r->method == HM_DELETE) handle_job_delete(r);
-        else handle_job_get(r);
-        return;
-    case ROUTE_JOB_RESULT: handle_job_result(r); return;
-    case ROUTE_INFO: handle_info(r); return;
-    case ROUTE_LIVE: reply_json(r, 200, json_pack("{s:s}", "status", "live")); return;
-    case ROUTE_READY: handle_ready(r); return;
-    case ROUTE_METRICS: handle_metrics(r); return;
-    default: http_reply_error(r, 404, "not_found", "", "no such endpoint"); return;
-    }
-}
+/* ---- the http_handlers ----------------------------------------------------------------- */
 
-void routes_begin(http_req *r, const char *url)
+static void on_begin(http_req *r, const char *url)
 {
-    match(r, url);
+    srv_request *q = srv_request_of(r);
+    q->token = -1;
+    q->route = match(url, q->param);
+    q->handler = q->route >= 0 ? handler_of(&routes[q->route], r->method) : NULL;
     const char *cl = http_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
     int has_body = (cl && strcmp(cl, "0") != 0) ||
                    http_header(r, MHD_HTTP_HEADER_TRANSFER_ENCODING) != NULL;
-    int compute = (r->route == ROUTE_GRADIENTS || r->route == ROUTE_JOBS) &&
-                  r->method == HM_POST;
-    /* A compute POST is checked now, before its body is read; so is anything else that
+    int takes_body = q->handler && q->handler->complete;
+    /* A body method is checked now, before its body is read; so is anything else that
      * carries a body we do not want (answering now discards it and closes the connection).
      * The rest is answered once the request is complete, which keeps the connection alive. */
-    if (compute || has_body) dispatch(r);
-    else r->deferred = 1;
+    if (takes_body || has_body) dispatch(q);
+    else q->deferred = 1;
 }
 
-void routes_complete(http_req *r)
+static int on_body(http_req *r, const char *data, size_t len)
 {
-    if (r->deferred) {
-        r->deferred = 0;
-        dispatch(r);
-    } else if (r->wants_body) {
-        complete_compute(r);
+    return srv_body_receive(srv_request_of(r), data, len);
+}
+
+static void on_complete(http_req *r)
+{
+    srv_request *q = srv_request_of(r);
+    if (q->deferred) {
+        q->deferred = 0;
+        dispatch(q);
+    } else if (q->body.wanted) {
+        q->handler->complete(q);
     }
 }
 
-void routes_end(http_req *r)
+static void on_end(http_req *r, const http_outcome *o)
 {
-    if (r->job) r->job->req = NULL; /* the job finishes without anyone to answer */
-    free(r->body);
-    pool_mem_release(&r->srv->pool, r->body_reserved);
+    srv_request *q = srv_request_of(r);
+    server *srv = r->srv;
+    srv_metrics_request(&srv->metrics, q->route, o->status, o->seconds, o->bytes_in,
+                        o->bytes_out);
+    if (q->job) q->job->req = NULL; /* the job finishes without anyone to answer */
+    srv_body_free(q);
 }
 
-/* ---- the loop side of jobs ------------------------------------------------------------- */
+static const http_handlers handlers = {
+    .request_size = sizeof(srv_request),
+    .begin = on_begin,
+    .body = on_body,
+    .complete = on_complete,
+    .end = on_end,
+};
 
-static int method_label(int kind)
+const http_handlers *srv_routes_init(server *srv)
 {
-    return kind >= 0 && kind < METHOD_LABELS ? kind : -1;
-}
-
-void srv_job_finished(server *srv, job *j)
-{
-    uint64_t now = uv_hrtime();
-    j->t_finished = now;
-    int st = atomic_load(&j->state);
-    if (st != JOB_CANCELLED) {
-        if (j->http_status == 200) st = JOB_DONE;
-        else if (atomic_load(&j->cancel_why) == CANCEL_USER) st = JOB_CANCELLED;
-        else st = JOB_FAILED;
-        atomic_store(&j->state, st);
-    }
-    if (!j->out) { /* the error body itself could not be allocated */
-        j->http_status = 500;
-        snprintf(j->error.code, sizeof j->error.code, "out_of_memory");
-        snprintf(j->error.message, sizeof j->error.message, "out of memory");
-        j->error.http_status = 500;
-    }
-
-    srv_metrics *m = &srv->metrics;
-    if (j->t_started) {
-        srv_histogram_observe(&m->queue_wait, (double)(j->t_started - j->t_created) / 1e9);
-        int ml = method_label(j->method_kind);
-        if (ml >= 0) {
-            double busy = j->decode_s + j->compute_s + j->encode_s;
-            srv_histogram_observe(&m->compute[ml], busy);
-            m->compute_seconds[ml] += j->compute_s;
-        }
-    }
-    m->jobs_finished[st]++;
-
-    if (j->req) {
-        http_req *r = j->req;
-        r->job = NULL;
-        j->req = NULL;
-        add_threads_header(r, j);
-        if (j->out) {
-            http_reply(r, j->http_status, JSON, j->out, j->out_len, 1);
-            j->out = NULL;
-        } else {
-            http_reply_error(r, 500, "out_of_memory", "", "out of memory");
-        }
-        job_destroy(&srv->jobs, j);
-        return;
-    }
-    if (!j->async) { /* its request is gone (only at shutdown) */
-        job_destroy(&srv->jobs, j);
-        return;
-    }
-    if (st != JOB_CANCELLED && j->out) {
-        size_t len = j->out_len;
-        j->result = srv_blob_new(j->out, len);
-        j->out = NULL;
-        if (j->result) pool_mem_add(&srv->pool, len);
-    } else {
-        free(j->out);
-        j->out = NULL;
-    }
-    j->expires = now + ns_of(srv->cfg.job_ttl_s);
-}
-
-static void purge(server *srv, job *j)
-{
-    if (j->result) pool_mem_release(&srv->pool, j->result->len);
-    job_destroy(&srv->jobs, j);
-}
-
-/* ---- housekeeping ---------------------------------------------------------------------- */
-
-static void on_closed(uv_handle_t *h)
-{
-    server *srv = h->data;
-    srv->handles_open--;
-}
-
-static void shutdown_now(server *srv)
-{
-    srv_log("info", "drained: stopping (%zu async jobs dropped from memory)", srv->jobs.count);
-    uv_timer_stop(&srv->sweep_timer);
-    uv_close((uv_handle_t *)&srv->sweep_timer, on_closed);
-    uv_close((uv_handle_t *)&srv->sig_term, on_closed);
-    uv_close((uv_handle_t *)&srv->sig_int, on_closed);
-    http_stop(srv);
-}
-
-static void drain_step(server *srv, uint64_t now)
-{
-    if (!srv->drain_cancelled && now >= srv->drain_deadline) {
-        srv->drain_cancelled = 1;
-        size_t n = 0;
-        for (job *j = srv->jobs.all; j; j = j->all_next) {
-            if (j->in_flight) {
-                job_cancel(j, CANCEL_SHUTDOWN);
-                n++;
-            }
-        }
-        if (n) srv_log("warn", "drain timeout (%g s): cancelled %zu jobs", srv->cfg.drain_timeout_s,
-                       n);
-    }
-    if (srv->in_flight == 0 && srv->suspended == 0 &&
-        (srv->active_requests == 0 ||
-         (srv->drain_cancelled && now >= srv->drain_deadline + DRAIN_GRACE_NS))) {
-        shutdown_now(srv);
-        return;
-    }
-    if (now >= srv->drain_deadline + DRAIN_HARD_NS) {
-        srv_log("error", "%zu jobs ignored cancellation for %llu s; exiting without cleanup",
-                srv->in_flight, DRAIN_HARD_NS / 1000000000ull);
-        _exit(1);
-    }
-}
-
-static void on_sweep(uv_timer_t *t)
-{
-    server *srv = t->data;
-    uint64_t now = uv_hrtime();
-    job *next;
-    for (job *j = srv->jobs.all; j; j = next) {
-        next = j->all_next;
-        if (j->in_flight) {
-            if (j->deadline && now >= j->deadline && !atomic_load(&j->cancel)) {
-                job_cancel(j, CANCEL_TIMEOUT);
-            }
-        } else if (j->async && j->expires && now >= j->expires) {
-            purge(srv, j);
-        }
-    }
-    http_sweep(srv, now);
-    if (srv->draining) drain_step(srv, now);
-}
-
-void srv_begin_drain(server *srv)
-{
-    uint64_t now = uv_hrtime();
-    if (srv->draining) {
-        srv_log("warn", "second signal: cancelling in-flight work now");
-        srv->drain_deadline = now;
-        return;
-    }
-    srv->draining = 1;
-    srv->drain_deadline = now + ns_of(srv->cfg.drain_timeout_s);
-    srv_log("info", "draining: %zu jobs in flight, %zu requests open; up to %g s",
-            srv->in_flight, srv->active_requests, srv->cfg.drain_timeout_s);
-    http_quiesce(srv);
-    drain_step(srv, now);
-}
-
-static void on_signal(uv_signal_t *s, int signum)
-{
-    server *srv = s->data;
-    srv_log("info", "signal %d", signum);
-    srv_begin_drain(srv);
-}
-
-int srv_housekeeping_start(server *srv)
-{
-    uv_timer_init(srv->loop, &srv->sweep_timer);
-    srv->sweep_timer.data = srv;
-    uv_signal_init(srv->loop, &srv->sig_term);
-    srv->sig_term.data = srv;
-    uv_signal_init(srv->loop, &srv->sig_int);
-    srv->sig_int.data = srv;
-    srv->handles_open += 3;
-    if (uv_timer_start(&srv->sweep_timer, on_sweep, SWEEP_MS, SWEEP_MS) != 0 ||
-        uv_signal_start(&srv->sig_term, on_signal, SIGTERM) != 0 ||
-        uv_signal_start(&srv->sig_int, on_signal, SIGINT) != 0)
-        return -1;
-    return 0;
+    for (int i = 0; i < N_ROUTES; i++) srv_metrics_add_route(&srv->metrics, routes[i].pattern);
+    return &handlers;
 }

@@ -1,19 +1,26 @@
-/* altgradd: the state of one server process and the calls between its files.
+/* altgradd: the state of one server process. The files, from the request in to the job out:
  *
- *   main.c     flags, process setup, signals          config.c  flags + env table, --help
- *   http.c     libmicrohttpd <-> libuv glue, request lifecycle, responses, suspend/resume
- *   routes.c   URL routing and the endpoint handlers  jobs.c    job table, ids, states
- *   pool.c     worker dispatch, core and memory budgets
- *   compute.c  decode -> core -> verify -> encode on a worker
- *   auth.c     bearer tokens                          metrics.c Prometheus text
- *   log.c      access and error logs                  tls.c     certificate files
+ *   main.c            flags, process setup, the loop         config.c  flags + env, --help
+ *   http.c            libmicrohttpd <-> libuv; calls its http_handlers for every request
+ *   routes.c          the route table: path, methods, auth -> handler; 404 / 405 / 401
+ *   body.c            receiving a request body: limits, growth charged to the budget
+ *   handle_compute.c  POST /v1/gradients, /v1/jobs: admission, the job, 202 or suspend
+ *   handle_jobs.c     GET / DELETE /v1/jobs/{id}, GET /v1/jobs/{id}/result
+ *   handle_info.c     /v1/info, /health/live, /health/ready, /metrics
+ *   jobrun.c          a job's run, loop side: to the pool and back, answer or store
+ *   compute.c         a job's run, worker side: decode -> core -> verify -> encode
+ *   pool.c            worker dispatch (work and done functions), the cores
+ *   budget.c          the memory budget: charges by what they pay for
+ *   jobs.c            the job table, ids, states, shared result blobs
+ *   lifecycle.c       sweep timer, signals, drain
+ *   auth.c  bearer tokens   metrics.c  Prometheus text   log.c  logs   tls.c  PEM files
  *
- * Threads: one loop thread runs libuv, libmicrohttpd and every handler; the libuv pool
- * threads run compute_job only. Fields are loop-thread-only unless marked otherwise. */
+ * Threads: one loop thread runs libuv, libmicrohttpd and every handler; libuv's pool threads
+ * run compute.c only, which touches its job, the pool's cores, the budget, and the read-only
+ * fields below. Every other field is loop-thread-only. */
 #ifndef ALTGRAD_SERVER_H
 #define ALTGRAD_SERVER_H
 
-#include <microhttpd.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <uv.h>
@@ -21,79 +28,44 @@
 #include "../core/altgrad.h"
 #include "../proto/proto.h"
 #include "auth.h"
+#include "budget.h"
 #include "config.h"
+#include "http.h"
 #include "jobs.h"
+#include "lifecycle.h"
 #include "metrics.h"
 #include "pool.h"
 
 #define ALTGRAD_VERSION "1.0.0"
 
 typedef struct server {
+    /* Read-only once the loop runs: workers read them too. */
     srv_config cfg;
-    uv_loop_t *loop;
-
-    /* libmicrohttpd, driven by the loop (http.c). */
-    struct MHD_Daemon *mhd;
-    uv_poll_t mhd_poll;
-    uv_timer_t mhd_timer;
-    struct http_conn *conns; /* every open connection, for the header deadline (http.c) */
-    int in_mhd_run;          /* guard: MHD_run is never re-entered */
-    int mhd_run_again;       /* a resume or a closed connection inside an MHD callback */
-    int handles_open;        /* uv handles not yet closed */
-    unsigned short port;
-    int tls;
-
-    /* Housekeeping: deadlines, TTL purge, drain progress (routes.c). */
-    uv_timer_t sweep_timer;
-    uv_signal_t sig_term, sig_int;
-    int draining;            /* SIGTERM/SIGINT seen: no new work */
-    int drain_cancelled;     /* the drain deadline passed and in-flight jobs were cancelled */
-    uint64_t drain_deadline; /* ns */
-    int stopped;             /* MHD stopped, handles closing */
-    int exit_code;
-
-    srv_auth auth;
-    srv_metrics metrics;
-    job_table jobs;
-    srv_pool pool;
     ag_proto_limits limits;
-    ag_cost_model cost;      /* read-only after startup: shared by workers */
-
+    ag_cost_model cost;
+    srv_auth auth;
+    uint64_t started_ns;
     /* Test hook (ALTGRAD_FAULT_ALLOC_FAIL=N, read once at startup): every N-th job to reach
      * the core fails as if its workspace could not be allocated. 0 = off. */
     unsigned fault_alloc_every;
     atomic_uint fault_alloc_seq; /* jobs that reached the core (workers) */
 
-    size_t in_flight;        /* jobs submitted whose after-callback has not run */
-    size_t active_requests;  /* requests between their first callback and completion */
-    size_t suspended;        /* connections suspended on a job */
-    uint64_t started_ns;
-    uint64_t request_seq;
+    /* Shared with the workers: each locks itself (pool.h, budget.h). */
+    srv_pool pool;
+    srv_budget budget;
+
+    /* Loop thread only. */
+    uv_loop_t *loop;
+    srv_http http;           /* http.c */
+    srv_lifecycle life;      /* lifecycle.c */
+    srv_job_table jobs;      /* jobs.c, jobrun.c */
+    srv_metrics metrics;     /* metrics.c; counted by every handler */
 } server;
 
-/* http.c */
-/* Creates the daemon on cfg.listen and hooks it into srv->loop. tls_cert/key: PEM text or
- * NULL. Returns 0, or -1 (logged). */
-int http_start(server *srv, const char *tls_cert_pem, const char *tls_key_pem);
-/* Runs MHD now, or right after the current MHD_run when called from inside one. */
-void http_pump(server *srv);
-/* Stops accepting new connections (keeps the ones open). */
-void http_quiesce(server *srv);
-/* Closes the uv handles on MHD, then stops MHD (no connection may be suspended). */
-void http_stop(server *srv);
-/* Open client connections. */
-size_t http_connections(server *srv);
-/* Closes every connection that has not delivered a complete request header block within
- * --connection-timeout of opening or of its previous response (slowloris: trickled bytes
- * keep libmicrohttpd's idle timeout from firing). Called by the sweep timer. */
-void http_sweep(server *srv, uint64_t now_ns);
-
-/* routes.c */
-/* Loop thread: a job's worker part is over (or it was cancelled before it started). */
-void srv_job_finished(server *srv, struct job *j);
-/* Starts the sweep timer and the signal watchers. */
-int srv_housekeeping_start(server *srv);
-/* SIGTERM/SIGINT: begin draining. */
-void srv_begin_drain(server *srv);
+/* Seconds (a flag's value) as uv_hrtime nanoseconds; 0 for 0 or less. */
+static inline uint64_t srv_ns(double seconds)
+{
+    return seconds <= 0 ? 0 : (uint64_t)(seconds * 1e9);
+}
 
 #endif

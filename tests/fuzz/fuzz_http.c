@@ -29,6 +29,7 @@
 
 #include "../../server/http.h"
 #include "../../server/log.h"
+#include "../../server/routes.h"
 #include "../../server/server.h"
 
 #define HANG_S 20.0
@@ -89,12 +90,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     S->limits.max_d_ff = 128;
     S->limits.max_tokens = 256;
     S->cost = ag_cost_model_default();
-    CHECK(pool_init(&S->pool, c->cores, c->memory_limit) == 0, "pool_init");
-    CHECK(job_table_init(&S->jobs, 64) == 0, "job_table_init");
+    CHECK(srv_budget_init(&S->budget, c->memory_limit) == 0, "srv_budget_init");
+    CHECK(srv_job_table_init(&S->jobs, 64, &S->budget) == 0, "srv_job_table_init");
     CHECK(uv_loop_init(&loop) == 0, "uv_loop_init");
     S->loop = &loop;
+    CHECK(srv_pool_init(&S->pool, &loop, c->cores) == 0, "srv_pool_init");
     S->started_ns = uv_hrtime();
-    CHECK(http_start(S, NULL, NULL) == 0, "http_start");
+    CHECK(http_start(S, srv_routes_init(S), NULL, NULL) == 0, "http_start");
     return 0;
 }
 
@@ -121,12 +123,11 @@ static int drain_client(int fd)
 /* Every async job is finished (the loop waited for in_flight == 0): drop them all. */
 static void purge_jobs(void)
 {
-    job *next;
-    for (job *j = S->jobs.all; j; j = next) {
+    srv_job *next;
+    for (srv_job *j = S->jobs.all; j; j = next) {
         next = j->all_next;
-        CHECK(!j->in_flight, "a job still in flight after its purge wait");
-        if (j->result) pool_mem_release(&S->pool, j->result->len);
-        job_destroy(&S->jobs, j);
+        CHECK(!j->work.in_flight, "a job still in flight after its purge wait");
+        srv_job_destroy(&S->jobs, j);
     }
 }
 
@@ -139,7 +140,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     peer.sin_family = AF_INET;
     peer.sin_port = htons(40000);
     peer.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (MHD_add_connection(S->mhd, sv[0], (struct sockaddr *)&peer, sizeof peer) != MHD_YES) {
+    if (MHD_add_connection(S->http.mhd, sv[0], (struct sockaddr *)&peer, sizeof peer) != MHD_YES) {
         close(sv[0]);
         close(sv[1]);
         return 0;
@@ -172,16 +173,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     close(sv[1]);
 
     /* Until the connection is gone from MHD and every job this input started is done. */
-    while (http_connections(S) > 0 || S->in_flight > 0 || S->active_requests > 0) {
+    while (http_connections(S) > 0 || S->pool.in_flight > 0 || S->http.active_requests > 0) {
         run_loop_once();
         CHECK(now_s() - t0 < HANG_S,
               "%g s after the client left: %zu connections, %zu jobs in flight, %zu requests",
-              HANG_S, http_connections(S), S->in_flight, S->active_requests);
-        if (S->in_flight > 0) usleep(200);
+              HANG_S, http_connections(S), S->pool.in_flight, S->http.active_requests);
+        if (S->pool.in_flight > 0) usleep(200);
     }
-    CHECK(S->suspended == 0, "%zu connections still counted as suspended", S->suspended);
+    CHECK(S->http.suspended == 0, "%zu connections still counted as suspended", S->http.suspended);
     purge_jobs();
-    CHECK(pool_mem_used(&S->pool) == 0, "%zu bytes of the memory budget leaked",
-          pool_mem_used(&S->pool));
+    CHECK(srv_budget_used(&S->budget) == 0, "%zu bytes of the memory budget leaked (bodies %zu, "
+          "workspaces %zu, results %zu)", srv_budget_used(&S->budget),
+          srv_budget_used_by(&S->budget, SRV_MEM_BODY),
+          srv_budget_used_by(&S->budget, SRV_MEM_WORKSPACE),
+          srv_budget_used_by(&S->budget, SRV_MEM_RESULT));
     return 0;
 }
